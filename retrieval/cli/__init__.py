@@ -1,0 +1,1 @@
+"""Command-line layer: the only part that prints and exits."""

@@ -1,0 +1,25 @@
+"""Exceptions the library raises; the command-line layer turns them into a message and exit 2."""
+
+
+class RetrievalError(Exception):
+    """Base class: bad input or state the user can fix, with a message saying what and where."""
+
+
+class ConfigError(RetrievalError, ValueError):
+    """A configuration key, type or value that cannot be used."""
+
+
+class DataError(RetrievalError, ValueError):
+    """A dataset folder, annotation file or split that cannot be used."""
+
+
+class ImageError(DataError):
+    """An image file that cannot be decoded (missing, empty, truncated, not an image)."""
+
+
+class CheckpointError(RetrievalError, ValueError):
+    """A checkpoint that is missing, corrupt or does not fit the model."""
+
+
+class IndexFormatError(RetrievalError, ValueError):
+    """An index folder that is missing, broken or does not match the model."""
