@@ -23,3 +23,7 @@ class CheckpointError(RetrievalError, ValueError):
 
 class IndexFormatError(RetrievalError, ValueError):
     """An index folder that is missing, broken or does not match the model."""
+
+
+class TrainingError(RetrievalError, RuntimeError):
+    """Training cannot go on (a non-finite loss, a run folder that does not fit the config)."""
