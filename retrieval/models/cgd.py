@@ -1,0 +1,101 @@
+"""CGD head: combination of multiple global descriptors (Jun et al. 2019, arXiv:1903.10663).
+
+Each descriptor is a generalised mean over the feature map (CGD Eq. 1): SPoC (p = 1), MAC
+(p = ∞), GeM (p, 3 by default, fixed or learnable). Each branch: pool → FC without bias →
+L2; the branches are concatenated and L2-normalised again (CGD §3.2, Fig. 2). The first
+descriptor also feeds the auxiliary classifier: BN → FC without bias, logits / τ (CGD §3.3);
+its label smoothing belongs to the loss.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DESCRIPTORS = {"S": "SPoC", "M": "MAC", "G": "GeM"}
+
+
+class GlobalDescriptor(nn.Module):
+    """Pool a feature map (B, C, H, W) → (B, C) float32: S = mean, M = max, G = GeM with exponent p."""
+
+    def __init__(self, kind: str, p: float = 3.0, learnable: bool = False, eps: float = 1e-6) -> None:
+        super().__init__()
+        if kind not in DESCRIPTORS:
+            raise ValueError(f"descriptor: '{kind}' is not one of {', '.join(DESCRIPTORS)} (SPoC, MAC, GeM)")
+        if kind == "G" and p <= 0:
+            raise ValueError(f"gem_p: must be > 0, got {p}")
+        self.kind = kind
+        self.eps = eps
+        self.p: nn.Parameter | None = None
+        if kind == "G":
+            self.p = nn.Parameter(torch.tensor(float(p)), requires_grad=learnable)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.float()  # pow/mean of bf16 activations lose precision; pooling is cheap in fp32
+        if self.kind == "S":
+            return x.mean(dim=(2, 3))
+        if self.kind == "M":
+            return x.amax(dim=(2, 3))
+        # GeM (Radenović et al. 2018): (mean x^p)^(1/p); clamp keeps pow defined and p's gradient finite.
+        return x.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+
+    def extra_repr(self) -> str:
+        if self.p is None:
+            return self.kind
+        return f"{self.kind}, p={self.p.item():.3g}, learnable={self.p.requires_grad}"
+
+
+class CGDHead(nn.Module):
+    """Feature map (B, C, H, W) → embeddings (B, embedding_dim), L2-normalised, float32.
+
+    descriptors: letters from S, M, G (e.g. "SG"); embedding_dim is split evenly over them.
+    num_classes > 0 adds ``classifier`` (BN → FC) on the first descriptor; 0 = none.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        descriptors: str = "SG",
+        embedding_dim: int = 1536,
+        num_classes: int = 0,
+        gem_p: float = 3.0,
+        gem_learnable: bool = False,
+        temperature: float = 0.5,
+    ) -> None:
+        super().__init__()
+        descriptors = descriptors.upper()
+        if not descriptors or set(descriptors) - set(DESCRIPTORS) or len(set(descriptors)) != len(descriptors):
+            raise ValueError(f"descriptors: '{descriptors}' must be distinct letters from S, M, G (e.g. SG, MG, SMG)")
+        if embedding_dim <= 0 or embedding_dim % len(descriptors):
+            raise ValueError(
+                f"embedding_dim: {embedding_dim} is not a positive multiple of the {len(descriptors)} "
+                f"descriptors '{descriptors}'")
+        if num_classes < 0:
+            raise ValueError(f"num_classes: must be >= 0, got {num_classes}")
+        if temperature <= 0:
+            raise ValueError(f"temperature: must be > 0, got {temperature}")
+        self.descriptors = descriptors
+        self.embedding_dim = embedding_dim
+        self.num_classes = num_classes
+        self.temperature = temperature
+        branch_dim = embedding_dim // len(descriptors)
+        self.pools = nn.ModuleList(GlobalDescriptor(k, gem_p, gem_learnable) for k in descriptors)
+        self.fcs = nn.ModuleList(nn.Linear(in_channels, branch_dim, bias=False) for _ in descriptors)
+        self.classifier: nn.Sequential | None = None
+        if num_classes:
+            self.classifier = nn.Sequential(nn.BatchNorm1d(in_channels), nn.Linear(in_channels, num_classes, bias=False))
+
+    def _embed(self, pooled: list[Tensor]) -> Tensor:
+        parts = [F.normalize(fc(g).float(), dim=1) for fc, g in zip(self.fcs, pooled)]
+        return F.normalize(torch.cat(parts, dim=1), dim=1)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self._embed([pool(features) for pool in self.pools])
+
+    def forward_train(self, features: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Embeddings (B, D) and classifier logits / τ (B, num_classes) float32, or None without a classifier."""
+        pooled = [pool(features) for pool in self.pools]
+        logits = None
+        if self.classifier is not None:
+            logits = self.classifier(pooled[0]).float() / self.temperature
+        return self._embed(pooled), logits

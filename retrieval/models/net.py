@@ -1,0 +1,111 @@
+"""The retrieval network (CBAM-ResNet backbone + CGD head) and ``build_model`` from a ModelConfig."""
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from .backbone import ResNetBackbone
+from .cbam import CBAM
+from .cgd import CGDHead
+from .pretrained import load_pretrained
+
+log = logging.getLogger(__name__)
+
+
+class RetrievalNet(nn.Module):
+    """images (B, 3, H, W) float → embeddings (B, embedding_dim) float32, L2-normalised."""
+
+    def __init__(self, backbone: ResNetBackbone, head: CGDHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.embedding_dim: int = head.embedding_dim
+        self.num_classes: int = head.num_classes
+
+    def check_images(self, images: Tensor) -> None:
+        """Raise ValueError unless ``images`` is a float (B, 3, H, W) batch with H, W >= the output stride."""
+        if not isinstance(images, Tensor):
+            raise ValueError(f"images: expected a torch.Tensor (B, 3, H, W), got {type(images).__name__}")
+        shape = tuple(images.shape)
+        stride = self.backbone.output_stride
+        if images.dim() != 4:
+            raise ValueError(f"images: expected 4 dimensions (B, 3, H, W), got shape {shape}")
+        if shape[1] != 3:
+            raise ValueError(f"images: expected 3 colour channels (B, 3, H, W), got shape {shape}")
+        if min(shape[2:]) < stride:
+            raise ValueError(f"images: expected H, W >= {stride} (the {self.backbone.arch} output stride), "
+                             f"got shape {shape}")
+        if not images.is_floating_point():
+            raise ValueError(f"images: expected a float tensor (normalised pixels), got {images.dtype}")
+
+    def _features(self, images: Tensor) -> Tensor:
+        if not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
+            self.check_images(images)
+        return self.backbone(images)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Embeddings (B, embedding_dim) float32, L2-normalised. The path ONNX/TorchScript export covers."""
+        return self.head(self._features(images))
+
+    def forward_train(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """One pass: embeddings (B, D) and classifier logits already divided by τ (B, num_classes), or None."""
+        return self.head.forward_train(self._features(images))
+
+    def attention_maps(self, images: Tensor) -> list[Tensor]:
+        """CBAM spatial attention (B, 1, h, w) in (0, 1) of the last block of each stage (4 maps).
+
+        The maps are the spatial gate's sigmoid output (before the identity-start factor).
+        Raises ValueError when the model has no spatial gate (model.cbam or model.cbam_spatial false).
+        Runs without gradients; put the model in eval mode first (BN statistics).
+        """
+        gates = [stage[-1].cbam.spatial if self.backbone.has_attention else None for stage in self.backbone.stages]
+        if any(g is None for g in gates):
+            raise ValueError("attention_maps: this model has no CBAM spatial gate "
+                             "(built with model.cbam=false or model.cbam_spatial=false)")
+        self.check_images(images)
+        maps: list[Tensor] = []
+        hooks = [g.sigmoid.register_forward_hook(lambda _m, _i, out: maps.append(out.detach().float())) for g in gates]
+        try:
+            with torch.no_grad():
+                self.backbone(images)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return maps
+
+
+def resolve_cbam_init(cfg: ModelConfig) -> str:
+    """model.cbam_init with "auto" resolved: identity when weights are pretrained, else the paper's.
+
+    Depends on the config only (not on whether weights are loaded now), so a checkpoint
+    rebuilds the same network it was trained with.
+    """
+    if cfg.cbam_init != "auto":
+        return cfg.cbam_init
+    return "paper" if cfg.pretrained == "none" else "identity"
+
+
+def build_model(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -> RetrievalNet:
+    """The network ``cfg`` describes, with ``num_classes`` auxiliary-classifier outputs (0 = none).
+
+    load_weights=False skips ``cfg.pretrained`` (a checkpoint's state dict is loaded next).
+    """
+    attention = None
+    if cfg.cbam:
+        attention = functools.partial(
+            CBAM, reduction=cfg.cbam_reduction, kernel_size=cfg.cbam_kernel, arrangement=cfg.cbam_arrangement,
+            pool=cfg.cbam_pool, spatial=cfg.cbam_spatial, init=resolve_cbam_init(cfg))
+    backbone = ResNetBackbone(cfg.backbone, attention, cfg.last_stride)
+    if load_weights:
+        load_pretrained(backbone, cfg.pretrained)
+    head = CGDHead(backbone.out_channels, cfg.descriptors, cfg.embedding_dim, num_classes,
+                   cfg.gem_p, cfg.gem_learnable, cfg.temperature)
+    model = RetrievalNet(backbone, head)
+    log.info("built %s%s + CGD '%s' → %d-d embeddings, %d classes, %.2fM parameters", cfg.backbone,
+             f" + CBAM ({resolve_cbam_init(cfg)} init)" if cfg.cbam else "", head.descriptors,
+             model.embedding_dim, num_classes, sum(p.numel() for p in model.parameters()) / 1e6)
+    return model
