@@ -1,0 +1,114 @@
+"""Decoding image files into RGB PIL images, and checking many files for decodability.
+
+Every failure is an :class:`ImageError` naming the file, so a bad image stops a run with a
+message instead of a crash deep inside a data-loader worker. Pillow's decompression-bomb
+guard (``Image.MAX_IMAGE_PIXELS``) is left on.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from ..errors import ImageError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _check_file(path: str) -> None:
+    if not os.path.isfile(path):
+        raise ImageError(f"{path}: file not found")
+    if os.path.getsize(path) == 0:
+        raise ImageError(f"{path}: empty file (0 bytes)")
+
+
+def _open(path: str, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Open and fully decode ``path``; Pillow's errors become ImageError naming the file."""
+    _check_file(path)
+    try:
+        with warnings.catch_warnings():
+            # Above MAX_IMAGE_PIXELS Pillow only warns; make that an error as well (bomb guard).
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if draft is not None and img.format == "JPEG":
+                    img.draft("RGB", draft)  # decode at a reduced scale: verifying needs no full size
+                img.load()
+                return ImageOps.exif_transpose(img)
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image (Pillow cannot identify the format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(f"{path}: refused by Pillow's decompression-bomb guard: {err}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise ImageError(f"{path}: truncated or corrupt image ({err})") from None
+
+
+def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
+    """16-bit / 32-bit integer or float grey → 8-bit L (Pillow's convert would clip at 255)."""
+    arr = np.asarray(img)
+    if arr.dtype.kind == "f":
+        scale = 255.0 if float(np.nanmax(arr, initial=0)) <= 1.0 else 1.0
+        out = np.nan_to_num(arr.astype(np.float64) * scale)
+    elif img.mode.startswith("I;16") or int(arr.max(initial=0)) > 255:
+        out = arr.astype(np.float64) / 257.0  # 65535 → 255
+    else:
+        out = arr
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), mode="L")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode → RGB; transparency is composited over white rather than dropped to black."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        return _high_bit_depth_to_l(img).convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Decode ``path`` to an RGB PIL image with EXIF orientation applied.
+
+    Grey, palette, RGBA, CMYK and 16-bit images become 8-bit RGB. Raises ImageError naming
+    the file when it is missing, empty, truncated, not an image, or a decompression bomb.
+    """
+    path = str(path)
+    return _to_rgb(_open(path))
+
+
+def check_image(path: str | Path) -> str | None:
+    """None when ``path`` decodes, else the reason it does not (decoded at reduced scale for speed)."""
+    try:
+        _to_rgb(_open(str(path), draft=(64, 64)))
+    except ImageError as err:
+        return str(err).split(": ", 1)[-1]
+    return None
+
+
+def verify_images(paths: Iterable[str | Path], num_workers: int = 4) -> list[tuple[str, str]]:
+    """Decode every file; return ``(path, reason)`` for each bad one, in input order.
+
+    Threads suffice: Pillow releases the GIL while decoding.
+    """
+    paths = [str(p) for p in paths]
+    bad: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+        reasons = pool.map(check_image, paths, chunksize=64)
+        for path, reason in tqdm(zip(paths, reasons), total=len(paths), desc="verify images", unit="img"):
+            if reason is not None:
+                bad.append((path, reason))
+    log.info("verified %d images: %d bad", len(paths), len(bad))
+    return bad

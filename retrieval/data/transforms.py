@@ -1,0 +1,23 @@
+"""Image transforms by config; the default is the CGD recipe (Jun et al. 2019, §4.1).
+
+Train: resize to ``resize``×``resize`` → random crop ``image_size`` → horizontal flip.
+Test: resize to ``image_size``×``image_size``. Both resizes are square, as CGD's code does
+(leftthomas/CGD ``utils.py``), so train and test see the same aspect distortion.
+"""
+from __future__ import annotations
+
+from torchvision import transforms as T
+
+from ..config import DataConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_transforms(cfg: DataConfig, train: bool) -> T.Compose:
+    """PIL RGB image → float32 tensor (3, image_size, image_size) normalised with ImageNet mean/std."""
+    if train:
+        steps = [T.Resize((cfg.resize, cfg.resize)), T.RandomCrop(cfg.image_size), T.RandomHorizontalFlip()]
+    else:
+        steps = [T.Resize((cfg.image_size, cfg.image_size))]
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
