@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from ..engine import train
 
-    row = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    row = train(cfg, resume=args.resume, overwrite=args.overwrite).row
     shown = "  ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith(("recall@", "map@r")))
     print(f"done: epoch {row.get('epoch', '-')}  {shown}")
     return 0

@@ -76,8 +76,15 @@ def _resume_config(cfg: Config | None, state: dict, run_dir: Path) -> Config:
     return stored
 
 
-def train(cfg: Config | None, resume: str | Path | None = None, overwrite: bool = False) -> dict:
-    """Train from ``cfg`` (or continue the run folder ``resume``); return the last metrics row."""
+@dataclass
+class TrainResult:
+    row: dict  # the last epoch's metrics.csv row (empty when nothing was left to train)
+    model: torch.nn.Module  # the trained network (this rank's copy)
+    run_dir: Path
+
+
+def train(cfg: Config | None, resume: str | Path | None = None, overwrite: bool = False) -> TrainResult:
+    """Train from ``cfg`` (or continue the run folder ``resume``); return the last row and the model."""
     from ..data import build_splits, build_train_loader
     from ..models import build_model
 
@@ -142,7 +149,7 @@ def train(cfg: Config | None, resume: str | Path | None = None, overwrite: bool 
         if writer is not None:
             writer.close()
         dist_utils.shutdown(info)
-    return row
+    return TrainResult(row=row, model=model, run_dir=run_dir)
 
 
 def train_one_epoch(net, model, loss_fn, loader, optimizer, scheduler, scaler, cfg: Config, ts: TrainState,

@@ -1,0 +1,99 @@
+"""Training images/s of the project's loop settings vs a plain fp32 loop, side by side.
+
+Same model (CBAM-ResNet + CGD head), same batch, same loss; the only differences are the
+ones the training loop applies: bf16 autocast (where the CPU has native bf16, AMP on CUDA)
+and channels_last. The two loops alternate in rounds so machine noise hits both alike.
+Data comes from memory (random tensors) so the ratio measures the model step, not decoding.
+
+    python -m benchmarks.bench_train_speed --backbone resnet18 --size 128 --batch 64
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from retrieval.config import LossConfig, ModelConfig, OptimConfig
+from retrieval.losses import RetrievalLoss
+from retrieval.models import build_model
+from retrieval.optim import build_optimizer
+from retrieval.runtime import autocast, resolve_device, resolve_precision
+
+from .common import header, machine_line, write_results
+
+
+def _step_fn(model, loss_fn, opt, images, labels, dtype, device):
+    def step():
+        with autocast(device, dtype):
+            emb, logits = model.forward_train(images)
+        out = loss_fn(emb, logits, labels)
+        opt.zero_grad(set_to_none=True)
+        out.total.backward()
+        opt.step()
+    return step
+
+
+def _setup(args, channels_last: bool, dtype, device):
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone=args.backbone, embedding_dim=args.dim, descriptors=args.descriptors, cbam=not args.no_cbam)
+    classes = args.batch // 4
+    model = build_model(cfg, num_classes=classes).to(device).train()
+    loss_fn = RetrievalLoss(LossConfig(), classes, args.dim)
+    opt = build_optimizer(OptimConfig(), model, loss_fn, 100)
+    images = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = torch.arange(classes, device=device).repeat_interleave(4)
+    return _step_fn(model, loss_fn, opt, images, labels, dtype, device)
+
+
+def run(args) -> dict:
+    device = resolve_device(args.device)
+    fast_dtype = resolve_precision("auto", device)
+    loops = {"plain fp32": _setup(args, False, None, device),
+             f"project loop ({fast_dtype or 'fp32'} + channels_last)": _setup(args, True, fast_dtype, device)}
+    times = {name: 0.0 for name in loops}
+    for step in loops.values():  # warm-up (allocator, oneDNN kernel selection)
+        for _ in range(args.warmup):
+            step()
+    for _ in range(args.rounds):
+        for name, step in loops.items():
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name] += time.perf_counter() - start
+    images = args.rounds * args.steps * args.batch
+    ips = {name: images / t for name, t in times.items()}
+    base, fast = list(ips.values())
+    return {"benchmark": "train_speed", **header(), "args": vars(args), "images_per_s": ips, "speedup": fast / base}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--descriptors", default="SG")
+    p.add_argument("--no-cbam", action="store_true")
+    p.add_argument("--steps", type=int, default=3, help="steps per round per loop")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="runs/bench")
+    args = p.parse_args(argv)
+    res = run(args)
+    lines = [f"Training speed ({args.backbone}{'' if args.no_cbam else '+CBAM'}+CGD, {args.size} px, batch {args.batch}); "
+             f"{machine_line(res)}", "", "| loop | images/s |", "| --- | --- |"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in res["images_per_s"].items()]
+    lines += ["", f"speed-up: {res['speedup']:.2f}×", ""]
+    print("\n".join(lines))
+    write_results(args.out, "train_speed", res, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
