@@ -93,7 +93,7 @@ def _same_class_counts(query_labels: np.ndarray, gallery_labels: np.ndarray, lea
     return r - 1 if leave_one_out else r
 
 
-def _sort_ties(scores: np.ndarray, ids: np.ndarray) -> None:
+def sort_ties(scores: np.ndarray, ids: np.ndarray) -> None:
     """In place: within rows holding equal scores, order tied items by gallery id (lower first)."""
     rows = np.flatnonzero((scores[:, 1:] == scores[:, :-1]).any(axis=1))
     if len(rows):
@@ -122,7 +122,7 @@ def knn_chunks(query: np.ndarray, gallery: np.ndarray, k: int, chunk_size: int =
     for start in range(0, len(query), chunk_size):
         scores, ids = faiss.knn(query[start:start + chunk_size], gallery, k_search,
                                 metric=faiss.METRIC_INNER_PRODUCT)
-        _sort_ties(scores, ids)
+        sort_ties(scores, ids)
         if leave_one_out:
             ids = _drop_self(ids, np.arange(start, start + len(ids)))
         yield start, ids
@@ -140,6 +140,42 @@ def _chunk_scores(hits: np.ndarray, r: np.ndarray, ks: list[int], map_at_r: bool
         precision = correct / np.arange(1, r_max + 1)
         out["map"] = (precision * rel).sum(axis=1) / r
         out["rp"] = correct[np.arange(len(r)), r - 1] / r
+    return out
+
+
+def _pad(hits: np.ndarray, width: int) -> np.ndarray:
+    if hits.shape[1] >= width:
+        return hits
+    return np.pad(hits, ((0, 0), (0, width - hits.shape[1])))
+
+
+def _average(query_labels: np.ndarray, gallery_labels: np.ndarray, r: np.ndarray, chunks, ks: Sequence[int],
+             map_at_r: bool, n_gallery: int) -> dict[str, float]:
+    """Average per-query scores over the queries with R > 0; ``chunks`` yields (start, neighbour ids)."""
+    names = [f"recall@{int(k)}" for k in ks]
+    keys = names + (["map@r", "r_precision"] if map_at_r else [])
+    scored = int((r > 0).sum())
+    lone = len(r) - scored
+    if lone:
+        log.info("retrieval_metrics: %d of %d queries have no other item of their class in the gallery; "
+                 "left out of the averages (as pytorch-metric-learning's AccuracyCalculator)", lone, len(r))
+    if not scored:
+        log.warning("retrieval_metrics: no query has another item of its class in the gallery; metrics are NaN")
+        return {key: math.nan for key in keys}
+    ks = _clamp_ks(ks, n_gallery)
+    width = max(max(ks), int(r.max()) if map_at_r else 0)
+    sums: dict[str, float] = {}
+    for start, ids in chunks:
+        sel = slice(start, start + len(ids))
+        keep = r[sel] > 0
+        ids = ids[keep]
+        hits = (ids >= 0) & (gallery_labels[ids] == query_labels[sel][keep, None])
+        for name, values in _chunk_scores(_pad(hits, width), r[sel][keep], ks, map_at_r).items():
+            sums[name] = sums.get(name, 0.0) + float(values.sum())
+    out = {name: sums[f"k{i}"] / scored for i, name in enumerate(names)}
+    if map_at_r:
+        out["map@r"] = sums["map"] / scored
+        out["r_precision"] = sums["rp"] / scored
     return out
 
 
@@ -165,37 +201,30 @@ def retrieval_metrics(query: np.ndarray, query_labels, gallery: np.ndarray | Non
             raise ValueError(f"query has dimension {query.shape[1]} but gallery has {gallery.shape[1]}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size: expected >= 1, got {chunk_size}")
-
     n_gallery = len(gallery) - int(leave_one_out)
-    names = [f"recall@{int(k)}" for k in ks]
-    keys = names + (["map@r", "r_precision"] if map_at_r else [])
     if n_gallery < 1:
-        log.warning("retrieval_metrics: the gallery is empty (leave-one-out on %d item); metrics are NaN", len(query))
+        log.warning("retrieval_metrics: the gallery is empty (leave-one-out on one item); metrics are NaN")
+        keys = [f"recall@{int(k)}" for k in ks] + (["map@r", "r_precision"] if map_at_r else [])
         return {key: math.nan for key in keys}
-    ks = _clamp_ks(ks, n_gallery)
-
     r = _same_class_counts(query_labels, gallery_labels, leave_one_out)
-    scored = np.flatnonzero(r > 0)
-    lone = len(query) - len(scored)
-    if lone:
-        log.info("retrieval_metrics: %d of %d queries have no other item of their class in the gallery; "
-                 "left out of the averages (as pytorch-metric-learning's AccuracyCalculator)", lone, len(query))
-    if not len(scored):
-        log.warning("retrieval_metrics: no query has another item of its class in the gallery; metrics are NaN")
-        return {key: math.nan for key in keys}
-
-    k = max(max(ks), int(r.max()) if map_at_r else 0)
+    k = min(max(max(int(k) for k in ks), int(r.max()) if map_at_r else 0), n_gallery)
     chunk = max(1, min(chunk_size, _MAX_BLOCK // k))
-    sums = {}
-    for start, ids in knn_chunks(query, gallery, k, chunk, leave_one_out):
-        sel = slice(start, start + len(ids))
-        keep = r[sel] > 0
-        hits = gallery_labels[ids[keep]] == query_labels[sel][keep, None]
-        for name, values in _chunk_scores(hits, r[sel][keep], ks, map_at_r).items():
-            sums[name] = sums.get(name, 0.0) + float(values.sum())
-    n = len(scored)
-    out = {name: sums[f"k{i}"] / n for i, name in enumerate(names)}
-    if map_at_r:
-        out["map@r"] = sums["map"] / n
-        out["r_precision"] = sums["rp"] / n
-    return out
+    chunks = knn_chunks(query, gallery, k, chunk, leave_one_out)
+    return _average(query_labels, gallery_labels, r, chunks, ks, map_at_r, n_gallery)
+
+
+def metrics_from_neighbours(neighbour_ids: np.ndarray, query_labels, gallery_labels, ks: Sequence[int] = (1, 2, 4, 8),
+                            map_at_r: bool = True) -> dict[str, float]:
+    """The same metrics from ranked search results (query/gallery protocol), e.g. of an approximate index.
+
+    neighbour_ids: (Nq, K) int64 gallery rows, best first, -1 = no result (a miss);
+    query_labels: (Nq,) int; gallery_labels: (Ng,) int. Ranks beyond K count as misses, so
+    MAP@R is exact only when K >= the largest R.
+    """
+    ids = np.asarray(neighbour_ids, dtype=np.int64)
+    query_labels = _as_labels(query_labels, len(ids), "query_labels")
+    gallery_labels = np.asarray(gallery_labels, dtype=np.int64)
+    if ids.ndim != 2 or (ids.size and ids.max() >= len(gallery_labels)):
+        raise ValueError(f"neighbour_ids: expected (Nq, K) rows of ids < {len(gallery_labels)}, got shape {ids.shape}")
+    r = _same_class_counts(query_labels, gallery_labels, leave_one_out=False)
+    return _average(query_labels, gallery_labels, r, [(0, ids)], ks, map_at_r, len(gallery_labels))

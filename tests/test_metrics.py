@@ -201,3 +201,18 @@ def test_bad_input_is_named(call, message):
     x, y = unit(np.random.default_rng(0), 10, 8), np.repeat(np.arange(5), 2)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         call(x, y)
+
+
+def test_metrics_from_neighbours_matches_exact_search_and_counts_missing_as_misses():
+    from retrieval.metrics import metrics_from_neighbours
+
+    rng = np.random.default_rng(11)
+    q, g = unit(rng, 60, 6), unit(rng, 200, 6)
+    ql, gl = rng.integers(0, 12, 60), rng.integers(0, 12, 200)
+    k = int(np.bincount(gl).max())
+    exact = retrieval_metrics(q, ql, g, gl, ks=(1, 5))
+    _, ids = M.faiss.knn(q, g, k, metric=M.faiss.METRIC_INNER_PRODUCT)
+    assert metrics_from_neighbours(ids, ql, gl, ks=(1, 5)) == pytest.approx(exact)
+    ids[:, 0] = -1  # an approximate index that found nothing at rank 1
+    missing = metrics_from_neighbours(ids, ql, gl, ks=(1, 5))
+    assert missing["recall@1"] == 0 and missing["recall@5"] <= exact["recall@5"]
