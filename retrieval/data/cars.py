@@ -25,7 +25,10 @@ def _annotations(path: Path) -> list[dict]:
         raise DataError(f"annotation file not found: {path}")
     try:
         mat = scipy.io.loadmat(str(path), simplify_cells=True)
-    except (ValueError, OSError, TypeError) as err:
+    except NotImplementedError as err:  # MATLAB v7.3 files are HDF5; the published file is v5
+        raise DataError(f"{path}: MATLAB v7.3 (HDF5) files are not supported ({err}); use the original "
+                        "cars_annos.mat") from None
+    except (scipy.io.matlab.MatReadError, ValueError, OSError, TypeError) as err:
         raise DataError(f"{path}: not a readable MATLAB file ({err})") from None
     annotations = mat.get("annotations")
     if annotations is None:

@@ -91,10 +91,11 @@ def load_image(path: str | Path) -> Image.Image:
 
 def check_image(path: str | Path) -> str | None:
     """None when ``path`` decodes, else the reason it does not (decoded at reduced scale for speed)."""
+    path = str(path)
     try:
-        _to_rgb(_open(str(path), draft=(64, 64)))
+        _to_rgb(_open(path, draft=(64, 64)))
     except ImageError as err:
-        return str(err).split(": ", 1)[-1]
+        return str(err).removeprefix(f"{path}: ")
     return None
 
 

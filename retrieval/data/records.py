@@ -186,9 +186,9 @@ def load_records(cfg: DataConfig, check_missing: bool = True) -> pd.DataFrame:
     if raw.empty:
         raise DataError(f"{cfg.root}: no images found for data.name={cfg.name}")
     frame = apply_split(raw, cfg, standard)
-    _check_nonempty(frame, cfg)
     if cfg.train_classes is None and cfg.test_classes is None:
         check_counts(frame, cfg.name, cfg.split)
+    _check_nonempty(frame, cfg)
     if check_missing:
         check_files(frame, cfg.root)
     for split, part in frame.groupby("split", sort=False):

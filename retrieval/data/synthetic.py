@@ -235,8 +235,9 @@ def generate(root: str | Path, num_classes: int = 120, per_class: int = 24, size
              workers: int | None = None) -> Path:
     """Write the synthetic data set to ``root`` unless it is already there; return ``root``.
 
-    Deterministic in (num_classes, per_class, size, seed). A second call with the same
-    parameters is a no-op; other parameters on an existing folder are a DataError.
+    Deterministic in (num_classes, per_class, size, seed), whatever ``workers`` (processes;
+    default: up to 4 for large sets). A second call with the same parameters is a no-op; other
+    parameters on an existing folder are a DataError.
     """
     if num_classes < 4 or num_classes % 2:
         raise DataError(f"synthetic: num_classes must be an even number >= 4, got {num_classes}")
@@ -265,8 +266,9 @@ def _write(folder: Path, manifest: dict, workers: int | None) -> None:
     for label in range(num_classes):
         (folder / "images" / f"{label:03d}").mkdir(parents=True)
     jobs = [(manifest["seed"], label, per_class, manifest["size"], str(folder)) for label in range(num_classes)]
-    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    if workers > 1 and num_classes * per_class >= 256:
+    if workers is None:  # a pool pays off from a few hundred images on
+        workers = min(4, os.cpu_count() or 1) if num_classes * per_class >= 256 else 1
+    if workers > 1:
         with multiprocessing.get_context().Pool(workers) as pool:
             paths = pool.map(_render_class, jobs, chunksize=4)
     else:

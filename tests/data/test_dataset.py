@@ -1,0 +1,68 @@
+"""ImageDataset: normalised tensors, contiguous labels, crops, cache; build_splits keys and transforms."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from retrieval.config import DataConfig
+from retrieval.data import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, build_splits, build_transforms, crop_box
+
+
+def _records(paths, labels, box=(np.nan,) * 4):
+    return pd.DataFrame({"path": [str(p) for p in paths], "label": labels, "split": "test",
+                         **{k: v for k, v in zip(("x1", "y1", "x2", "y2"), box)}})
+
+
+def test_item_is_normalised_tensor_with_contiguous_label(tmp_path, make_image):
+    paths = [make_image(tmp_path / f"{i}.png", size=(9, 7), colour=(255, 255, 255)) for i in range(3)]
+    ds = ImageDataset(_records(paths, [40, 7, 40]), build_transforms(DataConfig(image_size=6, resize=8), False))
+    image, label = ds[0]
+    expected = (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    assert image.shape == (3, 6, 6) and image.dtype == torch.float32
+    torch.testing.assert_close(image.mean(dim=(1, 2)), expected)
+    assert list(ds.labels) == [1, 0, 1] and list(ds.class_ids) == [7, 40] and ds.num_classes == 2
+    assert label == 1 and ds.paths[0] == str(paths[0])
+
+
+def test_crop_box_clamps_and_ignores_nan(tmp_path, make_two_tone):
+    from PIL import Image
+
+    img = Image.open(make_two_tone(tmp_path / "t.png", size=(20, 10))).convert("RGB")
+    assert crop_box(img, (np.nan,) * 4).size == (20, 10)
+    assert crop_box(img, (-5, -5, 8, 50)).size == (8, 10)
+    assert crop_box(img, (5, 5, 5, 5)).size == (20, 10)  # an empty box keeps the whole image
+
+
+def test_cache_gives_the_same_tensors(tmp_path, make_two_tone):
+    paths = [make_two_tone(tmp_path / f"{i}.png", size=(16, 16)) for i in range(4)]
+    tf = build_transforms(DataConfig(image_size=16, resize=16), False)
+    plain, cached = ImageDataset(_records(paths, [1, 1, 2, 2]), tf), ImageDataset(_records(paths, [1, 1, 2, 2]), tf)
+    cached.fill_cache(16, num_workers=2)
+    for i in range(4):
+        torch.testing.assert_close(plain[i][0], cached[i][0])
+
+
+def test_transforms_follow_cgd():
+    cfg = DataConfig(image_size=16, resize=20)
+    train, test = build_transforms(cfg, True), build_transforms(cfg, False)
+    names = [type(t).__name__ for t in train.transforms]
+    assert names == ["Resize", "RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
+    assert train.transforms[0].size == (20, 20) and test.transforms[0].size == (16, 16)
+    from PIL import Image
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8))
+    assert train(img).shape == test(img).shape == (3, 16, 16)
+    torch.testing.assert_close(test(img), test(img))  # test transform is deterministic
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_build_splits_synthetic(tmp_path, cache):
+    cfg = DataConfig(root=str(tmp_path / "syn"), synthetic_classes=6, synthetic_per_class=3, synthetic_size=24,
+                     image_size=16, resize=20, cache=cache, num_workers=0)
+    splits = build_splits(cfg)
+    assert set(splits) == {"train", "test"}
+    assert len(splits["train"]) == len(splits["test"]) == 9
+    assert not set(splits["train"].class_ids) & set(splits["test"].class_ids)
+    assert splits["train"][0][0].shape == splits["test"][0][0].shape == (3, 16, 16)
