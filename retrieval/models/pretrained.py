@@ -45,8 +45,9 @@ def imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
     weights = get_weight(IMAGENET_WEIGHTS[arch])
     target = imagenet_cache_file(arch)
     try:
-        return weights.get_state_dict(progress=True, check_hash=True)
-    except Exception as err:  # URLError, socket and hash errors all mean "no usable file"
+        # torch.hub directly (not weights.get_state_dict) to read the file with weights_only=True.
+        return torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=True, weights_only=True)
+    except Exception as err:  # URLError, socket, hash and unpickling errors all mean "no usable file"
         raise CheckpointError(
             f"model.pretrained=imagenet: could not get the {arch} ImageNet weights ({type(err).__name__}: {err}). "
             f"Offline? Download {weights.url} on a machine with internet and place it as {target.name} "
