@@ -26,9 +26,14 @@ class GlobalDescriptor(nn.Module):
             raise ValueError(f"gem_p: must be > 0, got {p}")
         self.kind = kind
         self.eps = eps
-        self.p: nn.Parameter | None = None
-        if kind == "G":
-            self.p = nn.Parameter(torch.tensor(float(p)), requires_grad=learnable)
+        # A fixed p is a buffer, a learnable one a parameter: the same state-dict key either way,
+        # and no parameter that never gets a gradient.
+        if kind != "G":
+            self.p = None
+        elif learnable:
+            self.p = nn.Parameter(torch.tensor(float(p)))
+        else:
+            self.register_buffer("p", torch.tensor(float(p)))
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.float()  # pow/mean of bf16 activations lose precision; pooling is cheap in fp32
@@ -42,7 +47,7 @@ class GlobalDescriptor(nn.Module):
     def extra_repr(self) -> str:
         if self.p is None:
             return self.kind
-        return f"{self.kind}, p={self.p.item():.3g}, learnable={self.p.requires_grad}"
+        return f"{self.kind}, p={self.p.item():.3g}, learnable={isinstance(self.p, nn.Parameter)}"
 
 
 class CGDHead(nn.Module):

@@ -16,6 +16,12 @@ from .pretrained import load_pretrained
 log = logging.getLogger(__name__)
 
 
+def _tracing() -> bool:
+    """True while TorchScript, torch.export or torch.compile trace the model (input checks are eager-only)."""
+    compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # torch >= 2.3
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or compiling()
+
+
 class RetrievalNet(nn.Module):
     """images (B, 3, H, W) float → embeddings (B, embedding_dim) float32, L2-normalised."""
 
@@ -43,7 +49,7 @@ class RetrievalNet(nn.Module):
             raise ValueError(f"images: expected a float tensor (normalised pixels), got {images.dtype}")
 
     def _features(self, images: Tensor) -> Tensor:
-        if not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
+        if not _tracing():
             self.check_images(images)
         return self.backbone(images)
 

@@ -53,7 +53,7 @@ def test_identity_init_computes_exactly_the_plain_torchvision_network(arch, fact
     ours = build_resnet(arch, functools.partial(CBAM, init="identity"))
     result = ours.load_state_dict(reference.state_dict(), strict=False)
     assert not result.unexpected_keys and all(".cbam." in k for k in result.missing_keys)
-    x = torch.randn(2, 3, 48, 48)
+    x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(ours.eval()(x), reference.eval()(x))
         assert torch.equal(ours.train()(x), reference.train()(x))  # batch statistics too

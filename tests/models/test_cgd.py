@@ -30,7 +30,8 @@ def test_descriptors_match_their_definitions(feats):
 
 def test_gem_p_learnable_or_fixed(feats):
     fixed, learn = GlobalDescriptor("G", 3.0), GlobalDescriptor("G", 3.0, learnable=True)
-    assert not fixed.p.requires_grad
+    assert not fixed.p.requires_grad and not list(fixed.parameters()) and "p" in fixed.state_dict()
+    assert "p" in learn.state_dict()
     learn(feats).sum().backward()
     assert learn.p.grad is not None and learn.p.grad.abs() > 0
 

@@ -1,4 +1,5 @@
 """Exported embedding paths give the eager model's embeddings, for a batch size other than the example's."""
+import sys
 import warnings
 
 import pytest
@@ -45,3 +46,14 @@ def test_onnx_parity_with_onnxruntime(model, tmp_path):
     model.train()
     assert out.shape == (3, 96)
     assert abs(out - ref).max() < 1e-4
+
+
+def test_onnx_without_onnxscript_falls_back_to_the_legacy_exporter(model, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript → ImportError
+    path = export_onnx(model, tmp_path / "legacy.onnx", image_size=64)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model.eval()(x).numpy()
+    model.train()
+    assert abs(onnx_embed(path, x) - ref).max() < 1e-4
