@@ -103,28 +103,42 @@ def _suggest_nlist(n: int) -> int:
     return 2 ** max(0, int(math.log2(max(1, n // MIN_POINTS_PER_CENTROID))))
 
 
+def _parse_factory(factory: str, dim: int) -> faiss.Index:
+    try:
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[-1].split(": ", 1)[-1] if str(err).strip() else ""
+        raise ConfigError(f"--index-type '{factory}': not a FAISS factory string for dimension {dim} ({reason}); "
+                          "examples: Flat, IVF1024,Flat, HNSW32, IVF4096,PQ64") from None
+
+
+def _check_training_size(index: faiss.Index, factory: str, n: int) -> None:
+    for what, need in _training_needs(index):
+        if n < need:
+            hint = f"IVF{_suggest_nlist(n)},Flat" if "IVF" in what else "IVF...,Flat"
+            raise DataError(
+                f"--index-type '{factory}' needs at least {need:,} gallery vectors to train its {what} "
+                f"({MIN_POINTS_PER_CENTROID} per centroid); the gallery has {n:,}. Use fewer lists "
+                f"(e.g. {hint}) or Flat (exact search, no training)")
+
+
+def check_factory(factory: str, dim: int, count: int) -> None:
+    """Fail early (before embedding a gallery) when ``factory`` cannot be parsed or trained on ``count`` vectors."""
+    index = _parse_factory(factory, dim)
+    if not index.is_trained:
+        _check_training_size(index, factory, count)
+
+
 def create_index(factory: str, train_vectors: np.ndarray) -> faiss.Index:
     """An empty inner-product index from a FAISS factory string, trained on ``train_vectors`` (N, dim) when needed.
 
     Raises ConfigError for a string FAISS cannot parse and DataError when the gallery is too
     small to train it (naming the factory and how many vectors it needs).
     """
-    dim = train_vectors.shape[1]
-    try:
-        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as err:
-        reason = str(err).strip().splitlines()[-1].split(": ", 1)[-1] if str(err).strip() else ""
-        raise ConfigError(f"--index-type '{factory}': not a FAISS factory string for dimension {dim} ({reason}); "
-                          "examples: Flat, IVF1024,Flat, HNSW32, IVF4096,PQ64") from None
+    index = _parse_factory(factory, train_vectors.shape[1])
     if not index.is_trained:
         n = len(train_vectors)
-        for what, need in _training_needs(index):
-            if n < need:
-                hint = f"IVF{_suggest_nlist(n)},Flat" if "IVF" in what else "an IVF...,Flat or Flat index"
-                raise DataError(
-                    f"--index-type '{factory}' needs at least {need:,} gallery vectors to train its {what} "
-                    f"({MIN_POINTS_PER_CENTROID} per centroid); the gallery has {n:,}. Use fewer lists "
-                    f"(e.g. {hint}) or Flat (exact search, no training)")
+        _check_training_size(index, factory, n)
         log.info("training %s on %d vectors", factory, n)
         try:
             index.train(train_vectors)

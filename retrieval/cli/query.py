@@ -1,0 +1,170 @@
+"""`query.py` / `retrieval-query`: top-K gallery images for query images, as a table, JSON, CSV or a picture."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ConfigError, DataError, ImageError
+from .build_index import add_embedding_args, embed_images, load_embedder
+from .common import add_logging_args, cli_main, setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="query.py",
+        description="Find the K most similar gallery images of each query image in an index folder built by "
+                    "build_index.py with the same checkpoint. Example: query.py --checkpoint runs/cub/best.pt "
+                    "--index indexes/cub -k 5 bird.jpg --grid top5.png")
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="the checkpoint the index was built with")
+    parser.add_argument("--index", required=True, metavar="INDEX_DIR", help="index folder from build_index.py")
+    parser.add_argument("-k", "--top-k", type=int, default=10, help="results per query (default 10)")
+    parser.add_argument("paths", nargs="*", metavar="IMAGE", help="query images")
+    parser.add_argument("--images", metavar="DIR", help="every image under DIR (recursive) is a query")
+    parser.add_argument("--csv", metavar="FILE", help="CSV of queries: path[,label]; paths relative to it")
+    parser.add_argument("--folder-labels", action="store_true",
+                        help="with --images: query label = the first sub-folder's name")
+    parser.add_argument("--format", choices=["table", "json", "csv"], default="table",
+                        help="stdout format: readable table (default), json or csv (query, rank, score, gallery "
+                             "path, gallery label)")
+    parser.add_argument("--grid", metavar="OUT.png", help="also draw each query beside its top-K thumbnails")
+    parser.add_argument("--eval", action="store_true",
+                        help="score labelled queries against the gallery (Recall@K, MAP@R, R-precision) instead "
+                             "of listing results")
+    parser.add_argument("--recall-k", metavar="K,K,...", help="K values for --eval (default: the checkpoint's "
+                                                             "eval.recall_k)")
+    parser.add_argument("--nprobe", type=int, default=16, help="IVF indexes: lists visited per query (default 16)")
+    parser.add_argument("--ef-search", type=int, help="HNSW indexes: candidate list size (FAISS default 16)")
+    add_embedding_args(parser)
+    add_logging_args(parser)
+    return parser
+
+
+def _queries(args: argparse.Namespace) -> pd.DataFrame:
+    from ..embed import table_from_csv, table_from_folder, table_from_paths
+
+    given = [bool(args.paths), bool(args.images), bool(args.csv)]
+    if sum(given) != 1:
+        raise ConfigError("give the queries one way: image paths, --images DIR or --csv FILE")
+    if args.images:
+        return table_from_folder(args.images, folder_labels=args.folder_labels)
+    if args.csv:
+        return table_from_csv(args.csv)
+    return table_from_paths(args.paths)
+
+
+def _check_decodable(paths: list[str], workers: int) -> None:
+    from ..data import verify_images
+
+    bad = verify_images(paths, num_workers=max(1, workers))
+    if bad:
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise ImageError("unreadable query image(s): " + "; ".join(f"{p}: {why}" for p, why in bad[:3]) + more)
+
+
+def _label_codes(query_labels: pd.Series, gallery_labels: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Text labels → ints shared by queries and gallery; unlabelled gallery entries match nothing."""
+    names = {name: i for i, name in enumerate(sorted(set(query_labels) | set(gallery_labels) - {""}))}
+    gallery = np.array([names.get(v, -2 - i) if v else -2 - i for i, v in enumerate(gallery_labels)], np.int64)
+    return np.array([names[v] for v in query_labels], np.int64), gallery
+
+
+def _evaluate(args, cfg, queries, meta, index, embeddings) -> dict[str, float]:
+    from ..index import search
+    from ..metrics import metrics_from_neighbours
+
+    unlabelled = queries["label"] == ""
+    if unlabelled.any():
+        raise DataError(f"--eval needs a label for every query; {int(unlabelled.sum())} have none, e.g. "
+                        f"{queries['path'][unlabelled].iloc[0]} (give --csv with a label column or --folder-labels)")
+    ks = [int(k) for k in args.recall_k.split(",")] if args.recall_k else list(cfg.eval.recall_k)
+    q_codes, g_codes = _label_codes(queries["label"], meta["label"])
+    largest_class = int(np.bincount(g_codes[g_codes >= 0]).max()) if (g_codes >= 0).any() else 0
+    _, ids = search(index, embeddings, min(index.ntotal, max(max(ks), largest_class)))
+    return metrics_from_neighbours(ids, q_codes, g_codes, ks=ks, map_at_r=cfg.eval.map_at_r)
+
+
+def _results(meta: pd.DataFrame, scores: np.ndarray, ids: np.ndarray) -> list[pd.DataFrame]:
+    """Per query: rank, score, gallery_id, gallery_path, gallery_label (missing approximate hits dropped)."""
+    out = []
+    for q in range(len(ids)):
+        found = ids[q] >= 0
+        gid = ids[q][found]
+        out.append(pd.DataFrame({"rank": np.flatnonzero(found) + 1, "score": scores[q][found].astype(float),
+                                 "gallery_id": gid, "gallery_path": meta["path"].to_numpy()[gid],
+                                 "gallery_label": meta["label"].to_numpy()[gid]}))
+    return out
+
+
+def _print_results(queries: pd.DataFrame, results: list[pd.DataFrame], fmt: str) -> None:
+    if fmt == "csv":
+        flat = pd.concat([r.assign(query=path, query_label=label) for path, label, r in
+                          zip(queries["path"], queries["label"], results)], ignore_index=True)
+        cols = ["query", "query_label", "rank", "score", "gallery_id", "gallery_path", "gallery_label"]
+        print(flat[cols].to_csv(index=False, float_format="%.6f"), end="")
+    elif fmt == "json":
+        out = [{"query": path, "label": label, "results": r.to_dict("records")}
+               for path, label, r in zip(queries["path"], queries["label"], results)]
+        print(json.dumps(out, indent=2, default=lambda v: v.item()))
+    else:
+        for path, label, r in zip(queries["path"], queries["label"], results):
+            print(f"query {path}" + (f"  (label {label})" if label else ""))
+            shown = r[["rank", "score", "gallery_label", "gallery_path"]].rename(
+                columns={"gallery_label": "label", "gallery_path": "path"})
+            print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+            print()
+
+
+def _print_metrics(result: dict[str, float], fmt: str, n_query: int, n_gallery: int) -> None:
+    if fmt == "json":
+        print(json.dumps({"queries": n_query, "gallery": n_gallery, **result}, indent=2))
+    elif fmt == "csv":
+        print("metric,value\n" + "".join(f"{k},{v:.6f}\n" for k, v in result.items()), end="")
+    else:
+        print(f"{n_query} queries against {n_gallery} gallery images")
+        for key, value in result.items():
+            print(f"  {key:<12s} {value:.4f}")
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args)
+    if args.top_k < 1:
+        raise ConfigError(f"-k: expected >= 1, got {args.top_k}")
+    if args.grid:
+        from PIL import Image
+
+        if Path(args.grid).suffix.lower() not in Image.registered_extensions():
+            raise ConfigError(f"--grid {args.grid}: unknown image extension (use .png or .jpg)")
+    from ..index import check_compatible, load_index, search, set_search_params
+
+    queries = _queries(args)  # nonexistent paths fail first
+    index, meta, manifest = load_index(args.index)
+    model, cfg, sha, device = load_embedder(args)
+    check_compatible(manifest, args.index, cfg.model.embedding_dim, sha)
+    _check_decodable(queries["path"].tolist(), args.workers)
+    set_search_params(index, nprobe=args.nprobe, ef_search=args.ef_search)
+    embeddings = embed_images(model, cfg, queries, device, args)
+    if args.eval:
+        result = _evaluate(args, cfg, queries, meta, index, embeddings)
+        _print_metrics(result, args.format, len(queries), index.ntotal)
+    scores, ids = search(index, embeddings, args.top_k)
+    results = _results(meta, scores, ids)
+    if not args.eval:
+        _print_results(queries, results, args.format)
+    if args.grid:
+        from ..viz import Hit, save_retrieval_grid
+
+        hits = [[Hit(r.gallery_path, r.score, r.gallery_label) for r in frame.itertuples()] for frame in results]
+        save_retrieval_grid(args.grid, queries["path"].tolist(), hits, queries["label"].tolist())
+        print(f"wrote {args.grid}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
