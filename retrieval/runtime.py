@@ -61,7 +61,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 def versions() -> dict[str, str]:
     """Versions of python and the packages a result depends on."""
-    out = {"python": platform.python_version(), "torch": torch.__version__}
+    out = {"python": platform.python_version(), "torch": str(torch.__version__)}
     for pkg in ("torchvision", "pytorch-metric-learning", "faiss-cpu", "numpy", "pandas", "retrieval"):
         try:
             out[pkg] = importlib.metadata.version(pkg)

@@ -56,6 +56,18 @@ def broadcast_parameters(module: torch.nn.Module, info: DistInfo) -> None:
             dist.broadcast(p.data, src=0)
 
 
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Give every rank rank 0's BatchNorm statistics.
+
+    DDP broadcasts buffers at the start of each forward, so after the last step each rank
+    holds the statistics of its own last batch; this makes the end-of-epoch state (what is
+    evaluated and checkpointed) identical on all ranks.
+    """
+    if info.enabled:
+        for b in module.buffers():
+            dist.broadcast(b.data, src=0)
+
+
 def sync_loss_gradients(module: torch.nn.Module, info: DistInfo) -> None:
     """Average the gradients of loss parameters (proxies) over ranks, undoing PML's world-size factor.
 

@@ -48,10 +48,13 @@ class TrainState:
     metrics: dict = field(default_factory=dict)  # last evaluation
 
 
-def _set_epoch(loader, epoch: int) -> None:
+def _set_epoch(loader, epoch: int, seed: int, rank: int) -> None:
+    """Batches and worker seeds as a pure function of (seed, epoch, rank): a resumed run replays them."""
     for obj in (loader.batch_sampler, loader.sampler):
         if hasattr(obj, "set_epoch"):
             obj.set_epoch(epoch)
+    if loader.generator is not None:
+        loader.generator.manual_seed((seed * 1_000_003 + epoch) * 1009 + rank)
 
 
 def _freeze_bn(model: torch.nn.Module) -> None:
@@ -136,7 +139,7 @@ def train(cfg: Config | None, resume: str | Path | None = None, overwrite: bool 
     row: dict = {}
     try:
         while ts.epoch < cfg.train.epochs:
-            _set_epoch(loader, ts.epoch)
+            _set_epoch(loader, ts.epoch, cfg.train.seed, info.rank)
             stats = train_one_epoch(net, model, loss_fn, loader, optimizer, scheduler, scaler, cfg, ts,
                                     device, dtype, memory_format, steps_per_epoch, info)
             ts.epoch += 1
@@ -204,6 +207,7 @@ def _end_of_epoch(cfg: Config, ts: TrainState, stats: dict, model, loss_fn, opti
     """Evaluate when due, write metrics.csv and checkpoints (rank 0), keep ranks in step."""
     from ..evaluate import evaluate_splits
 
+    dist_utils.broadcast_buffers(model, info)
     due = ts.epoch == cfg.train.epochs or (cfg.train.eval_every > 0 and ts.epoch % cfg.train.eval_every == 0)
     metrics: dict = {}
     if due and info.is_main:
