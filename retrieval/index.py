@@ -172,12 +172,33 @@ def _read_faiss(path: Path, manifest: dict) -> faiss.Index:
     if expected is not None and size != expected:
         raise IndexFormatError(f"{path}: {size:,} bytes but the manifest records {expected:,}: "
                                "the file is truncated or was replaced")
+    if manifest.get("ondisk"):
+        return _read_ondisk(path, manifest)
     try:
-        # Plain read: an on-disk (merged) index memory-maps its .ivfdata by itself. IO_FLAG_MMAP
-        # would segfault on the first search with faiss-cpu 1.15.1 (tests/test_index_shards.py).
         return faiss.read_index(str(path))
     except RuntimeError as err:
         raise IndexFormatError(f"{path}: FAISS cannot read it (truncated or not a FAISS index): "
+                               f"{str(err).strip().splitlines()[-1]}") from None
+
+
+def _read_ondisk(path: Path, manifest: dict) -> faiss.Index:
+    """A merged index whose lists live in index.ivfdata beside it (retrieval.index_shards)."""
+    from .index_shards import IVFDATA_FILE, in_dir
+
+    data = path.parent / IVFDATA_FILE
+    if not data.is_file():
+        raise IndexFormatError(f"{data}: missing (the inverted lists of the on-disk index {path})")
+    if manifest.get("ivfdata_bytes") is not None and data.stat().st_size != manifest["ivfdata_bytes"]:
+        raise IndexFormatError(f"{data}: {data.stat().st_size:,} bytes but the manifest records "
+                               f"{manifest['ivfdata_bytes']:,}: the file is truncated or was replaced")
+    try:
+        # Plain read: OnDiskInvertedLists memory-maps index.ivfdata by itself, so the lists stay on
+        # disk. IO_FLAG_MMAP would segfault on the first search with faiss-cpu 1.15.1
+        # (tests/test_index_shards.py). The stored .ivfdata name is relative to the folder.
+        with in_dir(path.parent):
+            return faiss.read_index(path.name)
+    except RuntimeError as err:
+        raise IndexFormatError(f"{path}: FAISS cannot read the on-disk index: "
                                f"{str(err).strip().splitlines()[-1]}") from None
 
 
