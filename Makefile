@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m retrieval.demo --out runs/demo
+	$(PY) -m retrieval.cli.demo --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -29,7 +29,7 @@ class DataConfig:
     test_classes: list[int] | None = None  # [first, last] class ids for testing; None = the classes not trained on
     crop: bool = False  # crop to bounding boxes (CUB, Cars); CGD's published numbers use crops
     image_size: int = 224  # side of the network input (CGD: 224)
-    resize: int = 252  # train: resize shorter side to this, then random crop image_size (CGD: 252 → 224)
+    resize: int = 252  # train: resize to resize×resize, then random crop image_size (CGD: 252 → 224)
     batch_size: int = 128  # images per step (CGD: 128)
     m_per_class: int = 4  # images of each class in a batch (CGD: 32 classes × 4)
     num_workers: int = 2  # data-loader worker processes

@@ -32,6 +32,7 @@ def setup_logging(args: argparse.Namespace) -> None:
         logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader logs every library it tries
 
 
 def resolve_config(args: argparse.Namespace) -> Config | None:

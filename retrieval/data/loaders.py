@@ -21,8 +21,11 @@ def build_train_loader(dataset: ImageDataset, cfg: DataConfig, seed: int, rank: 
                                     world_size=world_size, class_ids=dataset.class_ids)
     generator = torch.Generator()
     generator.manual_seed(seed * 1000 + rank)  # worker base seeds differ per rank
+    # Workers restart every epoch (not persistent) so their seeds come from the generator the
+    # trainer reseeds per (seed, epoch, rank): crops and flips replay exactly after a resume.
+    # Forking is cheap, and a filled image cache is inherited from the main process.
     return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, worker_init_fn=seed_worker,
-                      generator=generator, persistent_workers=cfg.num_workers > 0,
+                      generator=generator, persistent_workers=False,
                       pin_memory=torch.cuda.is_available())
 
 
