@@ -131,7 +131,7 @@ def test_evaluate_splits_both_protocols(model, images):
     cfg = Config()
     cfg.data.num_workers = 0
     cfg.eval.recall_k = [1, 2]
-    cfg.train.precision = "fp32"
+    cfg.train.precision, cfg.train.channels_last = "fp32", False  # fast path covered above
     ref = reference(model, x)
     got = evaluate_splits(model, {"train": None, "test": TensorDataset(x, y)}, cfg, "cpu", progress=False)
     assert got == pytest.approx(retrieval_metrics(ref, y.numpy(), ks=(1, 2)), abs=1e-6)

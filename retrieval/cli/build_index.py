@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_embedding_args(parser: argparse.ArgumentParser) -> None:
     """Flags shared with query.py: how images are embedded."""
-    parser.add_argument("--batch-size", type=int, help="images per forward pass (default: the checkpoint's eval.batch_size)")
+    parser.add_argument("--batch-size", type=int,
+                        help="images per forward pass (default: the checkpoint's eval.batch_size)")
     parser.add_argument("--workers", type=int, default=2, help="data-loader worker processes (default 2)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],

@@ -88,8 +88,9 @@ def retrieval_grid(queries: Sequence[str], results: Sequence[Sequence[Hit]], que
         _cell(canvas, GAP, y, _thumbnail(queries[r], thumb), QUERY,
               [f"query {Path(queries[r]).name}", query_label], thumb)
         for c, hit in enumerate(results[r], start=1):
-            _cell(canvas, GAP + c * cell_w + GAP, y, _thumbnail(hit.path, thumb),
-                  _colour(query_label, str(hit.label or "")), [f"#{c}   {hit.score:.3f}", str(hit.label or "")], thumb)
+            label = str(hit.label or "")
+            _cell(canvas, GAP + c * cell_w + GAP, y, _thumbnail(hit.path, thumb), _colour(query_label, label),
+                  [f"#{c}   {hit.score:.3f}", label], thumb)
     return canvas
 
 

@@ -151,3 +151,12 @@ def test_bad_queries(assets, index_dir, tmp_path, capsys):
     code, _, err = run(capsys, assets, tmp_path / "no_index", assets["paths"][0])
     assert code == 2 and "index folder not found" in err
     assert not grid.exists()
+
+
+def test_grid_survives_a_gallery_image_that_moved(assets, tmp_path, caplog):
+    from retrieval.viz import Hit, save_retrieval_grid
+
+    out = save_retrieval_grid(tmp_path / "g.jpg", [str(assets["paths"][0])],
+                              [[Hit(str(tmp_path / "gone.png"), 0.5, "class0")]], ["class0"], thumb=48)
+    assert Image.open(out).size == (6 + 2 * (48 + 8 + 6) + 6, 6 + 48 + 8 + 30 + 6)
+    assert "gone.png" in caplog.text
