@@ -1,4 +1,10 @@
-"""Pictures: retrieval grids (query beside its top-K results)."""
-from .grid import Hit, retrieval_grid, save_retrieval_grid
+"""Pictures: retrieval grids (query beside its top-K results), CBAM attention / Grad-CAM, Recall@K curves.
 
-__all__ = ["Hit", "retrieval_grid", "save_retrieval_grid"]
+The grid needs only Pillow; attention figures and curves need matplotlib (the ``viz`` extra),
+imported when they are drawn.
+"""
+from .attention import attention_figure, grad_cam
+from .grid import Hit, retrieval_grid, save_retrieval_grid
+from .plots import recall_curve
+
+__all__ = ["Hit", "attention_figure", "grad_cam", "recall_curve", "retrieval_grid", "save_retrieval_grid"]
