@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .errors import DataError, RetrievalError
 from .runtime import autocast, resolve_precision
+from .progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def embed_dataset(model: torch.nn.Module, loader, device: torch.device | str, pr
     total = len(loader.dataset) if hasattr(loader, "dataset") else None
     chunks, labels = [], []
     try:
-        with torch.inference_mode(), tqdm(total=total, desc="embed", unit="img", disable=not progress,
+        with torch.inference_mode(), progress_bar(total=total, desc="embed", unit="img", disable=not progress,
                                           leave=False) as bar:
             for images, batch_labels in loader:
                 images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)

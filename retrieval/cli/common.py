@@ -9,6 +9,7 @@ from typing import Callable
 
 from ..config import Config, load_config, to_yaml
 from ..errors import RetrievalError
+from ..progress import set_progress
 
 log = logging.getLogger("retrieval")
 
@@ -32,6 +33,11 @@ def setup_logging(args: argparse.Namespace) -> None:
         logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    # The level sits on the console handler too: a run's log file may lower the library
+    # logger to INFO, and its records must still stay off a --quiet console.
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)
+    set_progress(not getattr(args, "quiet", False))
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader logs every library it tries
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..config import load_config, to_yaml
 from ..errors import ConfigError
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     from ..engine import train
 
     row = train(cfg, resume=args.resume, overwrite=args.overwrite).row
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 reports for the whole run
     shown = "  ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith(("recall@", "map@r")))
     print(f"done: epoch {row.get('epoch', '-')}  {shown}")
     return 0

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..config import DataConfig
 from .images import load_image
 from .records import load_records
 from .transforms import build_transforms
+from ..progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class ImageDataset(torch.utils.data.Dataset):
             return np.asarray(self.image(i).resize((size, size), Image.BILINEAR))
 
         with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-            cache = list(tqdm(pool.map(decode, range(len(self))), total=len(self), desc="cache images",
+            cache = list(progress(pool.map(decode, range(len(self))), total=len(self), desc="cache images",
                               unit="img"))
         self._cache = cache
         log.info("cached %d images at %d px (%.0f MB)", len(cache), size,

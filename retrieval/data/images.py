@@ -15,9 +15,9 @@ from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from tqdm.auto import tqdm
 
 from ..errors import ImageError
+from ..progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def verify_images(paths: Iterable[str | Path], num_workers: int = 4) -> list[tup
     bad: list[tuple[str, str]] = []
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
         reasons = pool.map(check_image, paths, chunksize=64)
-        for path, reason in tqdm(zip(paths, reasons), total=len(paths), desc="verify images", unit="img"):
+        for path, reason in progress(zip(paths, reasons), total=len(paths), desc="verify images", unit="img"):
             if reason is not None:
                 bad.append((path, reason))
     log.info("verified %d images: %d bad", len(paths), len(bad))

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from ..checkpoint import checkpoint_config, read_checkpoint, save_checkpoint
 from ..config import Config, save_config, to_dict
 from ..errors import TrainingError
 from ..losses import RetrievalLoss
 from ..optim import build_optimizer, build_scheduler
+from ..progress import progress
 from ..runtime import autocast, resolve_device, resolve_precision
 from ..seeding import seed_everything
 from . import distributed as dist_utils
@@ -163,8 +163,8 @@ def train_one_epoch(net, model, loss_fn, loader, optimizer, scheduler, scaler, c
         _freeze_bn(model)
     totals = {"loss": 0.0, "metric_loss": 0.0, "cls_loss": 0.0}
     seen, start = 0, time.perf_counter()
-    bar = tqdm(total=steps, desc=f"epoch {ts.epoch + 1}/{cfg.train.epochs}", disable=not info.is_main,
-               leave=False, dynamic_ncols=True)
+    bar = progress(total=steps, desc=f"epoch {ts.epoch + 1}/{cfg.train.epochs}", disable=not info.is_main,
+                   leave=False)
     for i, (images, labels) in enumerate(loader):
         if i >= steps:
             break
