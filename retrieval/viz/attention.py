@@ -98,12 +98,9 @@ def _upsample(maps: Tensor, size: int) -> np.ndarray:
     return F.interpolate(maps.float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
 
 
-def _stretch(m: np.ndarray) -> tuple[np.ndarray, str]:
-    """Min-max scaled map for display and its original range as a caption (a flat map stays flat)."""
-    lo, hi = float(m.min()), float(m.max())
-    if hi - lo < 1e-6:
-        return np.full_like(m, 0.5), f"{lo:.2f} (flat)"
-    return (m - lo) / (hi - lo), f"{lo:.2f}–{hi:.2f}"
+def _span(m: np.ndarray) -> str:
+    """The map's range as a caption: the colours are on the gate's absolute 0–1 scale."""
+    return f"{float(m.min()):.2f}–{float(m.max()):.2f}"
 
 
 def attention_figure(model: torch.nn.Module, image_paths: Sequence[str | Path], cfg: Config,
@@ -143,14 +140,15 @@ def attention_figure(model: torch.nn.Module, image_paths: Sequence[str | Path], 
             ax.imshow(shown[r])
             lines = [title] if r == 0 else []
             if maps is not None:
-                values, span = _stretch(maps[r]) if c < len(columns) - 1 else (maps[r], "scaled 0–1")
-                ax.imshow(values, cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0)
-                lines.append(span)  # each image's own range: the stretch differs per panel
+                # Attention on its absolute scale (a weak gate looks weak); Grad-CAM is relative by nature.
+                ax.imshow(maps[r], cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0)
+                lines.append(f"range {_span(maps[r])}" if c < len(columns) - 1 else "scaled to max 1")
             ax.set_title("\n".join(lines), fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
         axes[r][0].set_ylabel(Path(image_paths[r]).name[:24], fontsize=7)
-    fig.suptitle("Where the network looks: CBAM spatial attention (red = kept) and Grad-CAM of the embedding",
+    fig.suptitle("Where the network looks: CBAM spatial attention (0 blue … 1 red = kept) "
+                 "and Grad-CAM of the embedding",
                  fontsize=9)
     fig.tight_layout()
     return save_figure(fig, out_png)

@@ -100,22 +100,33 @@ def recall_curve(runs: str | Path | pd.DataFrame | Sequence[str | Path | pd.Data
         metrics.append("map@r")
 
     plt = pyplot()
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False, sharex=True)
+    epochs: set[float] = set()
     for ax, metric in zip(axes[0], metrics):
-        for (frame, _), name in zip(frames, names):
+        for i, ((frame, _), name) in enumerate(zip(frames, names)):
             if metric not in frame.columns:
                 continue
             rows = frame[["epoch", metric]].dropna()
-            ax.plot(rows["epoch"], 100 * rows[metric], marker="o", markersize=3, label=name)
+            epochs.update(rows["epoch"].tolist())
+            ax.plot(rows["epoch"], 100 * rows[metric], marker="o", markersize=3, label=name, color=f"C{i}")
         ax.set_title("MAP@R" if metric == "map@r" else metric.replace("recall@", "Recall@"))
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+    for ax in axes[0]:  # whole epochs only, also when there is a single point
+        if 0 < len(epochs) <= 12:
+            ax.set_xticks(sorted(epochs))
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].set_ylabel("%")
-    if len(runs) > 1:
-        axes[0][-1].legend(fontsize=8, loc="best")
     fig.suptitle(title or "Retrieval metrics over epochs (test classes)")
     fig.tight_layout()
+    if len(runs) > 1:  # below the panels, so it never hides a curve
+        handles = [Line2D([], [], marker="o", markersize=3, color=f"C{i}") for i in range(len(runs))]
+        fig.legend(handles, names, loc="lower center", ncol=min(len(runs), 4), fontsize=8, frameon=False)
+        rows_needed = (len(runs) + 3) // 4
+        fig.subplots_adjust(bottom=0.18 + 0.07 * rows_needed)
     return save_figure(fig, out_png)

@@ -49,7 +49,7 @@ def test_one_panel_per_metric_with_the_values(tmp_path, captured):
     x, y = axes[0].get_lines()[0].get_data()
     assert list(x) == [1, 3]  # the epoch without evaluation is skipped
     np.testing.assert_allclose(y, [15.0, 35.0])  # percent
-    assert axes[-1].get_legend() is None  # one run: no legend
+    assert captured[0].legends == []  # one run: no legend
 
 
 def test_several_runs_and_sources(tmp_path, captured):
@@ -59,11 +59,11 @@ def test_several_runs_and_sources(tmp_path, captured):
     recall_curve([a, b_dir, frame], tmp_path / "c.png")
     axes = captured[0].axes
     assert len(axes) == 5  # union of recall columns + MAP@R
-    labels = [t.get_text() for t in axes[-1].get_legend().get_texts()]
+    labels = [t.get_text() for t in captured[0].legends[0].get_texts()]
     assert labels == ["a", "b", "run 3"]
     assert len(axes[2].get_lines()) == 2  # Recall@4: run b has no such column
     recall_curve([a, b_dir], tmp_path / "d.png", labels=["cbam", "plain"])
-    assert [t.get_text() for t in captured[1].axes[-1].get_legend().get_texts()] == ["cbam", "plain"]
+    assert [t.get_text() for t in captured[1].legends[0].get_texts()] == ["cbam", "plain"]
 
 
 def test_bad_input(tmp_path):
