@@ -63,11 +63,12 @@ class ChannelGate(nn.Module):
 
     def gate(self, x: Tensor) -> Tensor:
         """Channel weights (B, C, 1, 1)."""
-        logits = None
-        for pool in self.pools:
-            vec = x.mean(dim=(2, 3)) if pool == "avg" else x.amax(dim=(2, 3))
-            out = self.mlp(vec)
-            logits = out if logits is None else logits + out
+        # The pooled vectors go through the shared MLP as one stacked batch (one matmul per
+        # layer instead of two). The average is sum / (H·W): under bf16, ``mean`` first copies
+        # the whole map to fp32, which made it twice as slow as the sum on CPU.
+        vecs = [x.sum(dim=(2, 3)) / (x.shape[2] * x.shape[3]) if p == "avg" else x.amax(dim=(2, 3))
+                for p in self.pools]
+        logits = self.mlp(torch.cat(vecs)).view(len(vecs), *vecs[0].shape).sum(dim=0)
         return (self.scale * torch.sigmoid(logits))[:, :, None, None]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -103,7 +104,8 @@ class SpatialGate(nn.Module):
 
     def gate(self, x: Tensor) -> Tensor:
         """Spatial weights (B, 1, H, W)."""
-        maps = [x.amax(dim=1, keepdim=True) if p == "max" else x.mean(dim=1, keepdim=True) for p in self.pools]
+        maps = [x.amax(dim=1, keepdim=True) if p == "max" else x.sum(dim=1, keepdim=True) / x.shape[1]
+                for p in self.pools]  # sum / C: see ChannelGate.gate on bf16 ``mean``
         return self.scale * self.sigmoid(self.bn(self.conv(torch.cat(maps, dim=1))))
 
     def forward(self, x: Tensor) -> Tensor:
