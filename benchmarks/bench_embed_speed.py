@@ -1,0 +1,143 @@
+"""Embedding images/s of the project's extraction vs a plain fp32 eval loop, side by side.
+
+Project path: ``retrieval.embed.embed_dataset`` (inference mode, bf16 autocast where the CPU
+has native bf16 / AMP on CUDA, channels_last, float32 L2-normalised output). Plain loop:
+``torch.no_grad()``, contiguous tensors, fp32. Same weights (one is a copy of the other),
+same in-memory batches (random tensors, so decoding is not measured); the two loops
+alternate in rounds after a warm-up so machine noise hits both alike. The embeddings of the
+two paths are compared (minimum cosine) so the speed-up is not bought with wrong output.
+Target (issue 5): at least 2.5× (2.5× was measured on this machine for torchvision's
+ResNet-50 at 224 px with bf16 + channels_last; ``--plain-torchvision`` times that reference
+too). Full size, about 2-3 minutes on 2 cores (5-6 with ``--plain-torchvision``)::
+
+    python -m benchmarks.bench_embed_speed --plain-torchvision
+
+Smoke size::
+
+    python -m benchmarks.bench_embed_speed --backbone resnet18 --size 64 --batch 8 --steps 1 --rounds 1
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+
+from retrieval.config import ModelConfig
+from retrieval.embed import embed_dataset
+from retrieval.models import build_model
+from retrieval.runtime import resolve_device, resolve_precision
+
+from .common import header, machine_line, write_results
+
+
+def plain_embed(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
+                device: torch.device) -> torch.Tensor:
+    """The baseline: fp32 eval loop under ``torch.no_grad()`` → (N, D) L2-normalised, on the CPU."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for images, _ in batches:
+            out.append(F.normalize(model(images.to(device)).float(), dim=1).cpu())
+    return torch.cat(out)
+
+
+def _loops(model: torch.nn.Module, batches, device: torch.device, precision: str) -> dict:
+    """{name: () -> (N, D) embeddings}: the plain fp32 loop and the project's extraction, same weights."""
+    plain = copy.deepcopy(model).to(device).eval()
+    # Converted once, as a gallery job does; embed_dataset then keeps it channels_last.
+    fast = copy.deepcopy(model).to(device).to(memory_format=torch.channels_last)
+    dtype = resolve_precision(precision, device)
+    return {"plain fp32 eval loop": lambda: plain_embed(plain, batches, device),
+            f"embed_dataset ({dtype or 'fp32'} + channels_last)":
+                lambda: torch.from_numpy(embed_dataset(fast, batches, device, precision, True, progress=False)[0])}
+
+
+def compare(model: torch.nn.Module, batches, device: torch.device, args) -> dict:
+    """Images/s of both loops over ``batches`` in alternating rounds, their ratio and output agreement."""
+    loops = _loops(model, batches, device, args.precision)
+    outputs = {name: fn() for name, fn in loops.items()}  # warm-up (oneDNN kernel selection, allocator)
+    for _ in range(args.warmup - 1):
+        for fn in loops.values():
+            fn()
+    times = {name: 0.0 for name in loops}
+    for _ in range(args.rounds):
+        for name, fn in loops.items():
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name] += time.perf_counter() - start
+    images = args.rounds * sum(len(x) for x, _ in batches)
+    ips = {name: images / t for name, t in times.items()}
+    base, fast = outputs.values()
+    return {"images_per_s": ips, "speedup": list(ips.values())[1] / list(ips.values())[0],
+            "min_cosine": float((base * fast).sum(1).min())}
+
+
+def run(args) -> dict:
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    batches = [(torch.randn(args.batch, 3, args.size, args.size), torch.zeros(args.batch, dtype=torch.int64))
+               for _ in range(args.steps)]
+    cfg = ModelConfig(backbone=args.backbone, pretrained="none", embedding_dim=args.dim,
+                      descriptors=args.descriptors, cbam=not args.no_cbam)
+    models = {f"project {args.backbone}{'' if args.no_cbam else '+CBAM'}+CGD {args.descriptors} "
+              f"({args.dim}-d)": build_model(cfg, num_classes=0, load_weights=False)}
+    if args.plain_torchvision:
+        import torchvision
+
+        models[f"torchvision {args.backbone} (1000 logits)"] = getattr(torchvision.models, args.backbone)(weights=None)
+    results = {name: compare(model, batches, device, args) for name, model in models.items()}
+    return {"benchmark": "embed_speed", **header(), "args": vars(args), "device": str(device),
+            "autocast": str(resolve_precision(args.precision, device)), "models": results,
+            "speedup": next(iter(results.values()))["speedup"], "target_speedup": 2.5}
+
+
+def markdown(res: dict) -> str:
+    a = res["args"]
+    lines = [f"Embedding speed ({a['size']} px, batch {a['batch']}, {a['rounds']} rounds × {a['steps']} batches, "
+             f"in-memory tensors); {machine_line(res)}", "",
+             "| model | loop | images/s | speed-up | min cosine to fp32 |", "| --- | --- | --- | --- | --- |"]
+    for model, r in res["models"].items():
+        base, fast = r["images_per_s"].items()
+        lines.append(f"| {model} | {base[0]} | {base[1]:.1f} | 1.00× | |")
+        lines.append(f"| {model} | {fast[0]} | {fast[1]:.1f} | {r['speedup']:.2f}× | {r['min_cosine']:.4f} |")
+    lines += ["", f"Project model speed-up {res['speedup']:.2f}× (target ≥ {res['target_speedup']}×).", ""]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="resnet50")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--dim", type=int, default=1536, help="embedding size (CGD: 1536)")
+    p.add_argument("--descriptors", default="SG")
+    p.add_argument("--no-cbam", action="store_true")
+    p.add_argument("--plain-torchvision", action="store_true", help="also time torchvision's network (the reference)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="the project path's precision (auto: bf16 on CPUs with native bf16, AMP on CUDA)")
+    p.add_argument("--steps", type=int, default=2, help="batches per round (distinct tensors)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=2, help="untimed passes over the batches per loop (>= 1)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="runs/bench")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    if args.warmup < 1:
+        raise SystemExit("--warmup: expected >= 1 (the first pass also checks the outputs agree)")
+    res = run(args)
+    text = markdown(res)
+    print(text)
+    write_results(args.out, "embed_speed", res, text)
+    return res
+
+
+if __name__ == "__main__":
+    main()

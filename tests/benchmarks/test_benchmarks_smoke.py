@@ -1,0 +1,97 @@
+"""Every speed benchmark runs at a tiny size and writes its JSON (and Markdown) with the expected keys.
+
+The numbers mean nothing at these sizes; the tests check that the benchmarks run, that their
+results have the shape RESULTS.md and run_all rely on, and the few things that must hold
+whatever the machine (exact search recalls itself, both embedding paths agree).
+"""
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import bench_e2e, bench_embed_speed, bench_index, bench_metrics, bench_train_speed, run_all
+
+HEADER = {"date", "machine", "commit", "versions"}
+
+
+def _read(out, name):
+    data = json.loads((out / f"{name}.json").read_text())
+    assert (out / f"{name}.md").read_text().startswith(("Training", "Embedding", "Top-", "One image", "# Speed"))
+    return data
+
+
+def test_train_speed(tmp_path):
+    bench_train_speed.main(["--backbone", "resnet18", "--size", "32", "--batch", "8", "--dim", "32", "--steps", "1",
+                            "--rounds", "1", "--warmup", "1", "--out", str(tmp_path)])
+    res = _read(tmp_path, "train_speed")
+    assert HEADER <= res.keys() and len(res["images_per_s"]) == 2 and res["speedup"] > 0
+
+
+def test_embed_speed(tmp_path):
+    bench_embed_speed.main(["--backbone", "resnet18", "--size", "32", "--batch", "4", "--dim", "32", "--steps", "2",
+                            "--rounds", "1", "--warmup", "1", "--plain-torchvision", "--out", str(tmp_path)])
+    res = _read(tmp_path, "embed_speed")
+    assert HEADER <= res.keys() and {"models", "speedup", "target_speedup", "autocast"} <= res.keys()
+    assert len(res["models"]) == 2  # the project's network and torchvision's
+    for model in res["models"].values():
+        assert len(model["images_per_s"]) == 2 and all(v > 0 for v in model["images_per_s"].values())
+        assert model["min_cosine"] > 0.95  # bf16 + channels_last embeds what fp32 embeds
+
+
+def test_metrics(tmp_path):
+    bench_metrics.main(["--n", "1000", "--classes", "200", "--ks", "1,10", "--no-pml",
+                        "--out", str(tmp_path / "metrics.json")])
+    res = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"ratio_to_bare_search", "rows", "versions"} <= res.keys()
+
+
+def test_index(tmp_path):
+    bench_index.main(["--n", "3000", "--queries", "40", "--clusters", "60", "--superclusters", "6",
+                      "--ivf", "IVF8,Flat", "--nprobe", "1,8", "--ef-search", "16,64", "--single", "3",
+                      "--batch-budget", "0", "--out", str(tmp_path)])
+    res = _read(tmp_path, "index")
+    assert HEADER <= res.keys() and {"rows", "k", "exact_top1_score"} <= res.keys()
+    rows = res["rows"]
+    assert [r["factory"] for r in rows] == ["Flat", "IVF8,Flat", "IVF8,Flat", "HNSW32", "HNSW32"]
+    for r in rows:
+        assert {"build_s", "size_mb", "batch_ms_per_query", "single_query_ms", "recall_at_10"} <= r.keys()
+        assert 0 <= r["recall_at_10"] <= 1
+    assert rows[0]["recall_at_10"] == 1.0
+    assert rows[2]["nprobe"] == 8 and rows[2]["recall_at_10"] == pytest.approx(1.0)  # every list visited = exact
+    assert rows[0]["size_mb"] == pytest.approx(3000 * 512 * 4 / 2**20, rel=0.01)  # Flat: the raw vectors
+
+
+def test_clustered_gallery_is_unit_and_clustered():
+    x, q = bench_index.clustered_gallery(2000, 10, 64, clusters=20, superclusters=4, centre_spread=1.0, spread=1.0,
+                                          rank=8, noise=0.3)
+    assert x.shape == (2000, 64) and q.shape == (10, 64) and x.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+    sims = q @ x.T  # a query's nearest gallery vectors sit far above the typical similarity
+    assert (np.sort(sims, axis=1)[:, -10:].mean() - np.median(sims)) > 0.3
+
+
+def test_recall_at_k_reference():
+    exact = np.array([[1, 2, 3], [4, 5, 6]])
+    found = np.array([[3, 2, 9], [-1, -1, -1]])
+    assert bench_index.recall_at_k(exact, found) == pytest.approx(2 / 6)
+
+
+def test_e2e(tmp_path):
+    bench_e2e.main(["--backbone", "resnet18", "--size", "32", "--dim", "32", "--gallery", "500",
+                    "--image-size", "64x48", "--repeats", "2", "--warmup", "1", "--out", str(tmp_path)])
+    res = _read(tmp_path, "e2e")
+    assert HEADER <= res.keys() and res["overhead_ratio"] > 0
+    assert {"end to end", "forward alone", "decode (load_image)", "transform", "search top-10"} == res["median_ms"].keys()
+
+
+def test_run_all_quick_subset(tmp_path):
+    assert run_all.main(["--quick", "--only", "index", "--out", str(tmp_path)]) == 0
+    summary = _read(tmp_path, "summary")
+    assert [r["name"] for r in summary["runs"]] == ["index"] and summary["runs"][0]["returncode"] == 0
+    assert "## index" in (tmp_path / "summary.md").read_text()
+
+
+def test_run_all_rejects_unknown_name(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_all.main(["--only", "nope", "--out", str(tmp_path)])
+    assert "unknown benchmark" in capsys.readouterr().err
