@@ -106,7 +106,8 @@ def test_figure_written(images, tmp_path):
 
 
 def test_refuses_models_without_spatial_attention(images, tmp_path):
-    for model_cfg, key in (({"cbam": False}, "model.cbam=false"), ({"cbam_spatial": False}, "model.cbam_spatial=false")):
+    cases = (({"cbam": False}, "model.cbam=false"), ({"cbam_spatial": False}, "model.cbam_spatial=false"))
+    for model_cfg, key in cases:
         cfg = tiny_config(**model_cfg)
         with pytest.raises(ConfigError, match=key):
             attention_figure(tiny_model(cfg), images, cfg, tmp_path / "a.png")

@@ -13,9 +13,10 @@ def test_attention_and_curve(images, tmp_path, capsys):  # noqa: F811
     cfg = tiny_config()
     ckpt = tmp_path / "m.pt"
     save_checkpoint(ckpt, {"model": tiny_model(cfg).state_dict(), "config": to_dict(cfg), "num_classes": 0})
-    assert main(["attention", "--checkpoint", str(ckpt), *map(str, images), "--out", str(tmp_path / "a.png"), "-q"]) == 0
+    out = tmp_path / "a.png"
+    assert main(["attention", "--checkpoint", str(ckpt), *map(str, images), "--out", str(out), "-q"]) == 0
     assert "wrote" in capsys.readouterr().out
-    with Image.open(tmp_path / "a.png") as picture:
+    with Image.open(out) as picture:
         assert picture.size[0] > picture.size[1]
     runs = [str(metrics_csv(tmp_path / "r1")), str(tmp_path / "r1")]
     assert main(["curve", *runs, "--labels", "x", "y", "--out", str(tmp_path / "c.png"), "-q"]) == 0
