@@ -8,7 +8,7 @@ alternate in rounds after a warm-up so machine noise hits both alike. The embedd
 two paths are compared (minimum cosine) so the speed-up is not bought with wrong output.
 Target (issue 5): at least 2.5× (2.5× was measured on this machine for torchvision's
 ResNet-50 at 224 px with bf16 + channels_last; ``--plain-torchvision`` times that reference
-too). Full size, about 2-3 minutes on 2 cores (5-6 with ``--plain-torchvision``)::
+too). Full size, about 1.5 minutes on 2 cores (2.5 with ``--plain-torchvision``)::
 
     python -m benchmarks.bench_embed_speed --plain-torchvision
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import statistics
 import time
 
@@ -76,8 +77,12 @@ def clustered_gallery(n: int, n_queries: int, dim: int, clusters: int, superclus
 
 
 def _rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * 4096 / 2**20
+    """Resident set size in MB (Linux; NaN elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return float("nan")
 
 
 def index_bytes(index: faiss.Index) -> int:
@@ -128,6 +133,10 @@ def _build(factory: str, gallery: np.ndarray, args) -> tuple[faiss.Index, dict]:
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     info = {"factory": factory, "train_s": 0.0, "train_size": 0}
     ivf = faiss.try_extract_index_ivf(index)
+    hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+    if hnsw is not None:
+        hnsw.efConstruction = args.ef_construction
+        info["ef_construction"] = args.ef_construction
     if not index.is_trained:
         size = min(len(gallery), args.train_per_list * ivf.nlist) if ivf is not None else len(gallery)
         check_factory(factory, dim, size)  # clear error naming the factory when the sample is too small
@@ -231,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ivf", default="IVF4096,Flat", help="IVF factory string ('' to skip)")
     p.add_argument("--nprobe", type=_ints, default=[1, 4, 16, 64], help="IVF lists visited, comma-separated")
     p.add_argument("--hnsw", default="HNSW32", help="HNSW factory string ('' to skip)")
-    p.add_argument("--ef-search", type=_ints, default=[16, 32, 64, 128], help="HNSW efSearch, comma-separated")
+    p.add_argument("--ef-search", type=_ints, default=[16, 32, 64, 128, 256],
+                   help="HNSW efSearch, comma-separated")
+    p.add_argument("--ef-construction", type=int, default=40, help="HNSW candidate list while building (FAISS: 40)")
     p.add_argument("--train-per-list", type=int, default=50, help="IVF k-means training vectors per list")
     p.add_argument("--kmeans-iter", type=int, default=10)
     p.add_argument("--add-chunk", type=int, default=100_000, help="vectors added per logged step")
