@@ -36,7 +36,7 @@ import pandas as pd
 
 from .errors import ConfigError, IndexFormatError
 from .files import atomic_dir
-from .index import (FORMAT, INDEX_FILE, METADATA_FILE, _check_embeddings, _now, _write_folder, create_index,
+from .index import (FORMAT, _check_embeddings, _now, _write_folder, create_index,
                     normalise_metadata)
 from .runtime import versions
 

@@ -12,12 +12,11 @@ import argparse
 import dataclasses
 import json
 import math
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
+from ..provenance import header, machine_line
 from .common import add_logging_args, cli_main, setup_logging
 
 PUBLISHED_COLUMN = "published (CGD paper)"
@@ -47,30 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto: bf16 on CPUs with native bf16, AMP on CUDA")
     add_logging_args(parser)
     return parser
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _header() -> dict:
-    # As benchmarks/common.header(); repeated here because the installed console script
-    # cannot import the repository's benchmarks/ folder.
-    from ..runtime import machine_info, versions
-
-    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(),
-            "commit": _commit(), "versions": versions()}
-
-
-def _machine_line(head: dict) -> str:
-    m = head["machine"]
-    gpu = f", GPU {m['gpu']}" if "gpu" in m else ", no GPU"
-    return f"{head['date']}, {m['cpu']} ({m['cores']} cores{gpu}), commit {head['commit']}"
 
 
 def resolve_eval_config(args: argparse.Namespace, state: dict, trained):
@@ -147,7 +122,7 @@ def format_report(result: dict) -> tuple[str, str]:
     width = max(len(r[0]) for r in rows + [("metric", "", "")])
     text = [title, f"{'metric':<{width}}  {'ours (%)':>9}  {PUBLISHED_COLUMN + ' (%)'}"]
     text += [f"{m:<{width}}  {o:>9}  {p:>{len(PUBLISHED_COLUMN) + 4}}" for m, o, p in rows]
-    md = [f"# {title}", "", _machine_line(result), "",
+    md = [f"# {title}", "", machine_line(result), "",
           f"| metric | ours (%) | {PUBLISHED_COLUMN} (%) |", "| --- | ---: | ---: |"]
     md += [f"| {m} | {o} | {p} |" for m, o, p in rows]
     md += [""] + [f"- {n}" for n in notes] + [f"- command: `{result['command']}`", ""]
@@ -180,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     published = published_recall(cfg.data.name)
     argv_text = " ".join(["retrieval-benchmark", *(argv if argv is not None else sys.argv[1:])])
     result = {
-        "benchmark": "recall", **_header(), "command": argv_text,
+        "benchmark": "recall", **header(), "command": argv_text,
         "checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
         "checkpoint_epoch": state.get("epoch"), "model": _describe_model(trained),
         "dataset": {"name": cfg.data.name, "root": cfg.data.root, "crop": cfg.data.crop,

@@ -100,7 +100,7 @@ def train(cfg: Config | None, resume: str | Path | None = None, overwrite: bool 
     assert cfg is not None
     info = dist_utils.init_distributed(cfg.train.device)
     device = dist_utils.device_for(info, resolve_device(cfg.train.device))
-    generator = seed_everything(cfg.train.seed + info.rank)
+    seed_everything(cfg.train.seed + info.rank)
 
     # Everything that can be wrong with the input fails here, before any training step.
     splits = build_splits(cfg.data)

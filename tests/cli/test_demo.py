@@ -1,7 +1,6 @@
 """`make demo`'s command end to end on a tiny budget: every step runs and writes what it promises."""
 import json
 
-import pytest
 
 from retrieval.cli import demo
 

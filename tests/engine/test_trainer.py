@@ -64,7 +64,7 @@ def test_resume_continues_exactly(data_root, tmp_path, monkeypatch):
     end_of_epoch = trainer._end_of_epoch
 
     def killed_after_first_epoch(cfg, ts, *args):
-        row = end_of_epoch(cfg, ts, *args)
+        end_of_epoch(cfg, ts, *args)
         raise KeyboardInterrupt  # the run dies right after epoch 1's checkpoint
 
     monkeypatch.setattr(trainer, "_end_of_epoch", killed_after_first_epoch)

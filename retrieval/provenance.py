@@ -1,0 +1,31 @@
+"""Where a result came from: date, machine, commit and package versions, recorded beside every number."""
+from __future__ import annotations
+
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .runtime import machine_info, versions
+
+
+def commit() -> str:
+    """Short hash of the checkout the package runs from ('unknown' outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def header() -> dict:
+    """Date, machine, commit and versions."""
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(),
+            "commit": commit(), "versions": versions()}
+
+
+def machine_line(head: dict) -> str:
+    """One line for a table caption: date, CPU (cores, GPU), commit."""
+    m = head["machine"]
+    gpu = f", GPU {m['gpu']}" if "gpu" in m else ", no GPU"
+    return f"{head['date']}, {m['cpu']} ({m['cores']} cores{gpu}), commit {head['commit']}"
