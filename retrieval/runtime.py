@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import logging
+import os
 import platform
 
 import torch
@@ -81,8 +82,6 @@ def machine_info() -> dict[str, str | int]:
                     break
     except OSError:
         pass
-    import os
-
     info: dict[str, str | int] = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                   else (os.cpu_count() or 1), "torch_threads": torch.get_num_threads(),
                                   "bf16_native": str(cpu_supports_bf16())}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from ..config import load_config, to_yaml
 from ..errors import ConfigError
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("give --config FILE (or --resume RUN_DIR to continue a run)")
     cfg = load_config(args.config, args.overrides) if args.config else None
     if args.print_config:
-        print(to_yaml(cfg) if cfg is not None else open(f"{args.resume}/config.yaml").read(), end="")
+        print(to_yaml(cfg) if cfg is not None else (Path(args.resume) / "config.yaml").read_text(), end="")
         return 0
     from ..engine import train
 
