@@ -32,7 +32,8 @@ from PIL import Image
 
 from retrieval.config import DataConfig, ModelConfig
 from retrieval.data import build_transforms, load_image
-from retrieval.embed import embed_table, table_from_paths
+from retrieval.data import table_from_paths
+from retrieval.embed import embed_table
 from retrieval.index import create_index, search
 from retrieval.models import build_model
 from retrieval.runtime import autocast, resolve_device, resolve_precision

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +18,22 @@ from typing import Any
 
 import yaml
 
+from .data.sources import SOURCES
 from .errors import ConfigError
+from .losses import LOSSES, MINERS, miner_args
+from .models.backbone import BACKBONES
+from .models.cbam import ARRANGEMENTS, INITS, POOLS
+from .models.cgd import parse_descriptors
+from .optim import OPTIMIZERS, SCHEDULES
+from .registry import Registry
+from .runtime import PRECISIONS
 
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class DataConfig:
-    name: str = "synthetic"  # synthetic | cub | cars | sop | inshop | folder | csv
+    name: str = "synthetic"  # a data.sources.SOURCES key: synthetic | cub | cars | sop | inshop | folder | csv
     root: str = "data/synthetic"  # dataset folder (for csv: the CSV file)
     split: str = "classes"  # classes: metric-learning split (disjoint classes); official: CUB's image-level train_test_split.txt
     train_classes: list[int] | None = None  # [first, last] class ids for training; None = the dataset's standard split
@@ -41,7 +52,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101
+    backbone: str = "resnet50"  # a models.backbone.BACKBONES key: resnet18 | resnet34 | resnet50 | resnet101
     pretrained: str = "none"  # none | imagenet | path to a torchvision-format state dict
     cbam: bool = True  # one CBAM in every residual block (Woo et al. 2018)
     cbam_reduction: int = 16  # channel-gate MLP reduction r (CBAM §3.1: 16)
@@ -60,13 +71,10 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "triplet"  # triplet | proxy_anchor | proxy_nca | multi_similarity | arcface
-    margin: float = 0.1  # triplet margin (CGD: 0.1); Proxy-Anchor δ; ArcFace angular margin in degrees when arcface
-    miner: str = "batch_hard"  # batch_hard | semi_hard | all | multi_similarity | none
-    alpha: float = 32.0  # Proxy-Anchor α / ArcFace scale
-    ms_alpha: float = 2.0  # Multi-Similarity α
-    ms_beta: float = 50.0  # Multi-Similarity β
-    ms_base: float = 0.5  # Multi-Similarity λ (base)
+    name: str = "triplet"  # a losses.LOSSES key: triplet | proxy_anchor | proxy_nca | multi_similarity | arcface
+    args: dict[str, Any] = field(default_factory=dict)  # the loss's arguments (e.g. {margin: 0.1}); LOSSES lists them and their defaults
+    miner: str = "batch_hard"  # a losses.MINERS key: batch_hard | semi_hard | multi_similarity | all | none
+    miner_args: dict[str, Any] = field(default_factory=dict)  # the miner's arguments (semi_hard: margin, default the loss's)
     proxy_lr_mult: float = 100.0  # learning-rate multiplier of proxies (Proxy-Anchor: 100)
     cls_weight: float = 1.0  # weight of CGD's auxiliary classification loss (0 disables it)
     label_smoothing: float = 0.1  # ε of the classification loss (CGD: 0.1)
@@ -74,11 +82,11 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adam"  # adam | adamw | sgd
+    name: str = "adam"  # an optim.OPTIMIZERS key: adam | adamw | sgd
     lr: float = 1e-4  # base learning rate (CGD: 1e-4)
     weight_decay: float = 0.0  # L2 / decoupled weight decay
     momentum: float = 0.9  # SGD momentum
-    scheduler: str = "step"  # none | step | cosine
+    scheduler: str = "step"  # an optim.SCHEDULES key: none | step | cosine
     step_epochs: list[int] = field(default_factory=lambda: [12, 24])  # step: epochs where lr is multiplied by gamma
     gamma: float = 0.1  # step: multiplier
     warmup_epochs: float = 0.0  # linear warm-up length in epochs
@@ -116,19 +124,19 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-# Closed sets of values, checked by ``validate``: key → allowed values.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "data.name": ("synthetic", "cub", "cars", "sop", "inshop", "folder", "csv"),
+# Keys whose allowed values are a registry's keys (or a closed set): checked by ``validate``.
+CHOICES: dict[str, Registry | tuple[str, ...]] = {
+    "data.name": SOURCES,
     "data.split": ("classes", "official"),
-    "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
-    "model.cbam_arrangement": ("channel_spatial", "spatial_channel", "parallel"),
-    "model.cbam_pool": ("avg", "max", "avg_max"),
-    "model.cbam_init": ("auto", "identity", "paper"),
-    "loss.name": ("triplet", "proxy_anchor", "proxy_nca", "multi_similarity", "arcface"),
-    "loss.miner": ("batch_hard", "semi_hard", "all", "multi_similarity", "none"),
-    "optim.name": ("adam", "adamw", "sgd"),
-    "optim.scheduler": ("none", "step", "cosine"),
-    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "model.backbone": BACKBONES,
+    "model.cbam_arrangement": ARRANGEMENTS,
+    "model.cbam_pool": POOLS,
+    "model.cbam_init": ("auto", *INITS),
+    "loss.name": LOSSES,
+    "loss.miner": MINERS,
+    "optim.name": OPTIMIZERS,
+    "optim.scheduler": SCHEDULES,
+    "train.precision": PRECISIONS,
 }
 
 # Keys whose value must be > 0.
@@ -154,7 +162,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Check ``value`` against the annotation ``tp``; int → float and "1e-4" → float are the only conversions."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
@@ -163,6 +171,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list of {_type_name(args[0])}, got {value!r}")
         return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if origin is dict:  # per-choice arguments: their names and types are checked by the registry entry
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of arguments (e.g. {{margin: 0.1}}), got {value!r}")
+        return {str(k): v for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -203,13 +217,24 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def _field_type(section: str, key: str) -> Any:
+    hints = typing.get_type_hints(typing.get_type_hints(Config)[section])
+    return hints.get(key)
+
+
+def _is_list(tp: Any) -> bool:
+    return typing.get_origin(tp) is list or any(typing.get_origin(a) is list for a in typing.get_args(tp))
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
+    """``section.key=value`` (or ``section.key.arg=value`` for a mapping of arguments) → (parts, YAML value)."""
+    usage = f"override '{text}': expected section.key=value (e.g. optim.lr=3e-4 or loss.args.margin=0.2)"
     if "=" not in text:
-        raise ConfigError(f"override '{text}': expected section.key=value (e.g. optim.lr=3e-4)")
+        raise ConfigError(usage)
     key, value = text.split("=", 1)
     parts = key.strip().split(".")
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"override '{text}': expected section.key=value (e.g. optim.lr=3e-4)")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ConfigError(usage)
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
@@ -221,12 +246,20 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Set ``section.key=value`` items in the raw mapping (values parsed as YAML scalars)."""
     sections = [f.name for f in dataclasses.fields(Config)]
     for text in overrides:
-        (section, key), value = _parse_override(text)
+        parts, value = _parse_override(text)
+        section, key = parts[0], parts[1]
         if section not in sections:
             raise ConfigError(f"override '{text}': unknown section '{section}'.{_suggest(section, sections)}")
         node = raw.setdefault(section, {}) or {}
         raw[section] = node
-        if isinstance(value, str) and key in ("train_classes", "test_classes", "recall_k", "step_epochs"):
+        tp = _field_type(section, key)
+        if len(parts) == 3:
+            if tp is None or typing.get_origin(tp) is not dict:
+                raise ConfigError(f"override '{text}': {section}.{key} is not a mapping of arguments; "
+                                  f"expected section.key=value")
+            node[key] = {**(node.get(key) or {}), parts[2]: value}
+            continue
+        if isinstance(value, str) and tp is not None and _is_list(tp):
             value = yaml.safe_load(f"[{value}]")  # allow eval.recall_k=1,10,100
         node[key] = value
     return raw
@@ -234,7 +267,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def _check_choice(key: str, value: str) -> None:
     allowed = CHOICES[key]
-    if value not in allowed:
+    if isinstance(allowed, Registry):
+        allowed.check(value)
+    elif value not in allowed:
         raise ConfigError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
 
 
@@ -243,27 +278,19 @@ def _get(cfg: Config, key: str) -> Any:
     return getattr(getattr(cfg, section), name)
 
 
-def validate(cfg: Config) -> Config:
-    """Check values and their combinations; raise ConfigError naming the key."""
-    for key in CHOICES:
-        _check_choice(key, _get(cfg, key))
-    for key in POSITIVE:
-        if _get(cfg, key) <= 0:
-            raise ConfigError(f"{key}: must be > 0, got {_get(cfg, key)!r}")
-    m = cfg.model
-    desc = m.descriptors.upper()
-    if not desc or set(desc) - set("SMG") or len(set(desc)) != len(desc):
-        raise ConfigError(f"model.descriptors: '{m.descriptors}' must be distinct letters from S, M, G (e.g. SG, MG, SMG)")
-    m.descriptors = desc
-    if m.embedding_dim % len(desc):
+def _validate_model(m: ModelConfig) -> None:
+    m.descriptors = parse_descriptors(m.descriptors)
+    if m.embedding_dim % len(m.descriptors):
         raise ConfigError(
-            f"model.embedding_dim: {m.embedding_dim} is not divisible by the {len(desc)} descriptors "
-            f"'{desc}'; use a multiple of {len(desc)}")
+            f"model.embedding_dim: {m.embedding_dim} is not divisible by the {len(m.descriptors)} descriptors "
+            f"'{m.descriptors}'; use a multiple of {len(m.descriptors)}")
     if m.last_stride not in (1, 2):
         raise ConfigError(f"model.last_stride: must be 1 or 2, got {m.last_stride}")
     if m.cbam_kernel % 2 == 0:
         raise ConfigError(f"model.cbam_kernel: must be odd (3 or 7 in CBAM), got {m.cbam_kernel}")
-    d = cfg.data
+
+
+def _validate_data(d: DataConfig) -> None:
     if d.m_per_class < 1 or d.batch_size % d.m_per_class:
         raise ConfigError(f"data.batch_size: {d.batch_size} is not a multiple of data.m_per_class={d.m_per_class}")
     if d.resize < d.image_size:
@@ -274,25 +301,100 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"data.{key}: expected [first, last] with first <= last, got {rng}")
     if d.num_workers < 0:
         raise ConfigError(f"data.num_workers: must be >= 0, got {d.num_workers}")
-    if not 0 <= cfg.loss.label_smoothing < 1:
-        raise ConfigError(f"loss.label_smoothing: must be in [0, 1), got {cfg.loss.label_smoothing}")
-    if cfg.loss.cls_weight < 0:
-        raise ConfigError(f"loss.cls_weight: must be >= 0, got {cfg.loss.cls_weight}")
+
+
+def _validate_loss(loss: LossConfig) -> None:
+    loss.args = LOSSES[loss.name].resolve(loss.args, "loss.args")
+    loss.miner_args = miner_args(loss)
+    if not 0 <= loss.label_smoothing < 1:
+        raise ConfigError(f"loss.label_smoothing: must be in [0, 1), got {loss.label_smoothing}")
+    if loss.cls_weight < 0:
+        raise ConfigError(f"loss.cls_weight: must be >= 0, got {loss.cls_weight}")
+
+
+def validate(cfg: Config) -> Config:
+    """Check values and their combinations; raise ConfigError naming the key.
+
+    Resolves in place: descriptors upper-cased, ``loss.args`` / ``loss.miner_args`` completed
+    with the chosen loss's and miner's defaults (so the saved config says every value used).
+    """
+    for key in CHOICES:
+        _check_choice(key, _get(cfg, key))
+    for key in POSITIVE:
+        if _get(cfg, key) <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {_get(cfg, key)!r}")
+    _validate_model(cfg.model)
+    _validate_data(cfg.data)
+    _validate_loss(cfg.loss)
     if not cfg.eval.recall_k or min(cfg.eval.recall_k) < 1:
         raise ConfigError(f"eval.recall_k: expected a non-empty list of K >= 1, got {cfg.eval.recall_k}")
     return cfg
 
 
-def config_from_dict(raw: dict, overrides: list[str] | None = None) -> Config:
-    """Build and validate a Config from a nested mapping plus overrides."""
+# Loss keys of earlier versions, each of which meant something different per loss: loss.name →
+# {old key: argument}. Their defaults then (margin 0.1, alpha 32, ms_* 2 / 50 / 0.5) are what
+# every saved run config holds; a key that does not apply to its loss is dropped at that value.
+LEGACY_LOSS_KEYS = {
+    "triplet": {"margin": "margin"},
+    "proxy_anchor": {"margin": "margin", "alpha": "alpha"},
+    "proxy_nca": {"alpha": "softmax_scale"},
+    "multi_similarity": {"ms_alpha": "alpha", "ms_beta": "beta", "ms_base": "base"},
+    "arcface": {"margin": "margin", "alpha": "scale"},
+}
+LEGACY_DEFAULTS = {"margin": 0.1, "alpha": 32.0, "ms_alpha": 2.0, "ms_beta": 50.0, "ms_base": 0.5}
+
+
+def migrate_loss(raw: dict, quiet: bool = False) -> dict:
+    """A raw ``loss`` section with the old per-loss keys (margin, alpha, ms_*) moved into ``args``."""
+    old = [k for k in LEGACY_DEFAULTS if k in raw]
+    if not old:
+        return raw
+    raw = dict(raw)
+    name = raw.get("name", LossConfig.name)
+    mapping = LEGACY_LOSS_KEYS.get(name, {})
+    args = dict(raw.get("args") or {})
+    for key in old:
+        value = raw.pop(key)
+        target = mapping.get(key)
+        if target is None and key == "margin" and raw.get("miner") == "semi_hard":
+            raw["miner_args"] = {"margin": value, **(raw.get("miner_args") or {})}
+            target = "(miner) margin"
+        elif target is None:
+            if value != LEGACY_DEFAULTS[key]:
+                raise ConfigError(f"loss.{key}: does not apply to loss.name={name} "
+                                  f"(its arguments: {', '.join(LOSSES[name].defaults) if name in LOSSES else '?'})")
+            continue
+        else:
+            args.setdefault(target, value)
+        (log.debug if quiet else log.warning)(
+            "loss.%s=%s is read as loss.args.%s for loss.name=%s; write loss.args (the old keys meant a "
+            "different thing for each loss)", key, value, target, name)
+    raw["args"] = args
+    return raw
+
+
+def config_from_dict(raw: dict, overrides: list[str] | None = None, quiet_migration: bool = False) -> Config:
+    """Build and validate a Config from a nested mapping plus overrides.
+
+    quiet_migration: old loss keys (``migrate_loss``) are logged at debug level instead of as a
+    warning (for configs stored in checkpoints, which the user did not write).
+    """
     raw = apply_overrides(dict(raw or {}), list(overrides or []))
+    if isinstance(raw.get("loss"), dict):
+        raw["loss"] = migrate_loss(raw["loss"], quiet=quiet_migration)
     return validate(_build(Config, raw, ""))
+
+
+# Mappings of a choice's arguments are replaced, not merged, by a file that inherits them:
+# another loss has other arguments.
+_REPLACED = {"args", "miner_args"}
 
 
 def _merge(base: dict, top: dict) -> dict:
     out = dict(base)
     for key, value in top.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        deep = isinstance(value, dict) and isinstance(out.get(key), dict) and key not in _REPLACED
+        out[key] = _merge(out[key], value) if deep else value
     return out
 
 

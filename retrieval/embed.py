@@ -1,17 +1,14 @@
-"""Batched embedding extraction, and the image tables (paths, labels) that commands embed.
+"""Batched embedding extraction.
 
 ``embed_dataset`` runs a model over a loader in inference mode with the fast path for the
 device: bf16 autocast + channels_last on CPUs with native bf16 (about 2× for ResNets on
 AVX-512 BF16 / AMX), AMP on CUDA; the output is float32 and re-normalised (bf16 rounding
-moves norms by ~1e-3). Image tables come from a folder (recursive), a CSV or a list of paths,
-with columns path, label ("" when unknown), split.
+moves norms by ~1e-3). ``embed_table`` embeds the images of an image table
+(``retrieval.data.tables``).
 """
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,24 +20,6 @@ from .runtime import autocast, resolve_precision
 from .progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
-
-
-class PathsDataset(torch.utils.data.Dataset):
-    """Images at arbitrary paths; ``dataset[i]`` = (transform(image), label int, -1 when unknown)."""
-
-    def __init__(self, paths: Sequence[str], transform, labels: Sequence[int] | None = None) -> None:
-        self.paths = [str(p) for p in paths]
-        self.transform = transform
-        self.labels = np.full(len(self.paths), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        from .data import load_image
-
-        image = load_image(self.paths[index])
-        return (self.transform(image) if self.transform is not None else image), int(self.labels[index])
 
 
 def _convs_channels_last(model: torch.nn.Module) -> bool:
@@ -97,76 +76,11 @@ def embed_dataset(model: torch.nn.Module, loader, device: torch.device | str, pr
     return torch.cat(chunks).numpy(), torch.cat(labels).numpy()
 
 
-def _check_exist(paths: Sequence[str], source: str, show: int = 5) -> None:
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        raise DataError(f"{source}: {len(missing)} image file(s) not found: " + ", ".join(missing[:show])
-                        + (" ..." if len(missing) > show else ""))
-
-
-def table_from_paths(paths: Sequence[str | Path], labels: Sequence | None = None) -> pd.DataFrame:
-    """Image table of explicit paths (DataError naming the files that do not exist)."""
-    if not paths:
-        raise DataError("no query images given")
-    paths = [str(Path(p).expanduser().resolve()) for p in paths]
-    _check_exist(paths, "image paths")
-    return pd.DataFrame({"path": paths, "label": list(labels) if labels is not None else "", "split": ""})
-
-
-def table_from_folder(folder: str | Path, folder_labels: bool = False) -> pd.DataFrame:
-    """Every image under ``folder`` (recursive, sorted, hidden files skipped).
-
-    With ``folder_labels`` the label is the first sub-folder's name (``folder/<class>/.../img.jpg``);
-    images directly in ``folder`` have none.
-    """
-    from .data.images import IMAGE_EXTENSIONS
-
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise DataError(f"--images: {root} is not a folder")
-    root = root.resolve()
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
-    if not paths:
-        raise DataError(f"--images: no images under {root} (extensions {' '.join(IMAGE_EXTENSIONS)})")
-    labels = [(p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "") if folder_labels else ""
-              for p in paths]
-    return pd.DataFrame({"path": [str(p) for p in paths], "label": labels, "split": ""})
-
-
-def table_from_csv(csv_path: str | Path) -> pd.DataFrame:
-    """Images a CSV lists: column ``path`` (relative to the CSV or absolute), optional ``label`` and ``split``.
-
-    Labels are kept as text (any class name or id); an empty label means unknown.
-    """
-    csv_path = Path(csv_path).expanduser()
-    if not csv_path.is_file():
-        raise DataError(f"--csv: file not found: {csv_path}")
-    try:
-        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataError(f"{csv_path}: not a readable CSV ({err})") from None
-    table.columns = [str(c).strip().lower() for c in table.columns]
-    if "path" not in table.columns:
-        raise DataError(f"{csv_path}: no 'path' column (found {list(table.columns)}); expected path[,label][,split]")
-    empty = np.flatnonzero(table["path"].str.strip() == "")
-    if len(empty):
-        raise DataError(f"{csv_path}, line {empty[0] + 2}: empty path")
-    if table.empty:
-        raise DataError(f"{csv_path}: lists no images")
-    base = csv_path.resolve().parent
-    table["path"] = [str((base / p.strip()).resolve()) for p in table["path"]]
-    _check_exist(table["path"].tolist(), str(csv_path))
-    for column in ("label", "split"):
-        table[column] = table[column].str.strip() if column in table.columns else ""
-    return table[["path", "label", "split"] + [c for c in table.columns if c not in ("path", "label", "split")]]
-
-
 def embed_table(model: torch.nn.Module, table: pd.DataFrame, transform, device: torch.device | str,
                 batch_size: int = 64, num_workers: int = 2, precision: str = "auto",
                 channels_last: bool = True, progress: bool = True) -> np.ndarray:
     """Embeddings (N, D) float32 L2-normalised of the images ``table["path"]`` lists, in order."""
-    from .data import build_eval_loader
+    from .data import PathsDataset, build_eval_loader
 
     loader = build_eval_loader(PathsDataset(table["path"].tolist(), transform), batch_size, num_workers)
     embeddings, _ = embed_dataset(model, loader, device, precision, channels_last, progress)

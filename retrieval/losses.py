@@ -1,52 +1,136 @@
 """Metric-learning losses and miners from pytorch-metric-learning, plus CGD's classification loss.
 
-Nothing here re-implements a loss: ``build_loss`` picks and configures PML objects. The
-combined objective is ``metric_loss + cls_weight * CE(logits / τ, labels; ε)`` as in CGD
-(Jun et al. 2019, §3.3: ranking loss plus an auxiliary softmax loss with label smoothing
-and temperature scaling; τ is applied inside the model's classifier).
+Nothing here re-implements a loss: ``LOSSES`` and ``MINERS`` name PML classes with the
+arguments a config may set (``loss.args``, ``loss.miner_args``) and the project's defaults
+for them. The combined objective is ``metric_loss + cls_weight * CE(logits / τ, labels; ε)``
+as in CGD (Jun et al. 2019, §3.3: ranking loss plus an auxiliary softmax loss with label
+smoothing and temperature scaling; τ is applied inside the model's classifier).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pytorch_metric_learning import losses, miners
 
-from .config import LossConfig
 from .errors import ConfigError
+from .registry import Registry
 
-# Losses that own learnable class weights (proxies); they need the class count and a
-# parameter group of their own (Proxy-Anchor, Kim et al. 2020: proxies at 100× the lr).
-PROXY_LOSSES = ("proxy_anchor", "proxy_nca", "arcface")
+if TYPE_CHECKING:
+    from .config import LossConfig
+
+
+@dataclass(frozen=True)
+class Component:
+    """A PML class, the arguments a config may set (with the project's defaults) and their checks.
+
+    proxies: the class owns learnable class proxies, so it is built with
+    ``(num_classes, embedding_size)`` and its parameters get their own learning rate.
+    follows_loss: (miners) arguments taken from the loss's own when not set, e.g. the
+    semi-hard miner's margin is the triplet margin unless ``loss.miner_args`` says otherwise.
+    """
+    cls: type | None
+    defaults: dict[str, Any] = field(default_factory=dict)
+    positive: tuple[str, ...] = ()
+    non_negative: tuple[str, ...] = ()
+    proxies: bool = False
+    follows_loss: tuple[str, ...] = ()
+
+    def resolve(self, args: dict[str, Any] | None, key: str) -> dict[str, Any]:
+        """``defaults`` updated by ``args``; ConfigError naming ``key.arg`` for an unknown, mistyped or bad value."""
+        out = dict(self.defaults)
+        for name, value in (args or {}).items():
+            if name not in self.defaults:
+                allowed = ", ".join(self.defaults) or "none"
+                raise ConfigError(f"{key}.{name}: not an argument of this choice (allowed: {allowed})")
+            out[name] = _typed(f"{key}.{name}", value, self.defaults[name])
+        for name in self.positive:
+            if not out[name] > 0:
+                raise ConfigError(f"{key}.{name}: must be > 0, got {out[name]!r}")
+        for name in self.non_negative:
+            if not out[name] >= 0:
+                raise ConfigError(f"{key}.{name}: must be >= 0, got {out[name]!r}")
+        return out
+
+
+def _typed(key: str, value: Any, default: Any) -> Any:
+    """``value`` checked against the type of ``default`` (int → float allowed; floats must be finite)."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+            return float(value)
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: expected {type(default).__name__}, got {value!r} ({type(value).__name__})")
+
+
+# loss.name → PML loss. Defaults: CGD's triplet margin 0.1 (§4.1); Proxy-Anchor's α 32, δ 0.1
+# (Kim et al. 2020); Multi-Similarity's α 2, β 50, λ 0.5 (Wang et al. 2019); ArcFace's margin is
+# in degrees in PML (28.6° ≈ 0.5 rad, Deng et al. 2019). smooth_loss=True with margin 0 is the
+# soft-margin triplet loss (Hermans et al. 2017, "In Defense of the Triplet Loss").
+LOSSES = Registry("loss.name", {
+    "triplet": Component(losses.TripletMarginLoss, {"margin": 0.1, "smooth_loss": False, "swap": False},
+                         non_negative=("margin",)),
+    "proxy_anchor": Component(losses.ProxyAnchorLoss, {"margin": 0.1, "alpha": 32.0}, positive=("alpha",),
+                              non_negative=("margin",), proxies=True),
+    "proxy_nca": Component(losses.ProxyNCALoss, {"softmax_scale": 32.0}, positive=("softmax_scale",),
+                           proxies=True),
+    "multi_similarity": Component(losses.MultiSimilarityLoss, {"alpha": 2.0, "beta": 50.0, "base": 0.5},
+                                  positive=("alpha", "beta")),
+    "arcface": Component(losses.ArcFaceLoss, {"margin": 28.6, "scale": 64.0}, positive=("scale",),
+                         non_negative=("margin",), proxies=True),
+})
+
+# loss.miner → PML miner; None mines nothing (the loss uses every pair or triplet of the batch).
+MINERS = Registry("loss.miner", {
+    "batch_hard": Component(miners.BatchHardMiner),
+    "semi_hard": Component(miners.TripletMarginMiner, {"margin": 0.1}, non_negative=("margin",),
+                           follows_loss=("margin",)),
+    "multi_similarity": Component(miners.MultiSimilarityMiner, {"epsilon": 0.1}, non_negative=("epsilon",)),
+    "all": Component(None),
+    "none": Component(None),
+})
+
+
+def miner_args(cfg: LossConfig) -> dict[str, Any]:
+    """The miner's resolved arguments: ``loss.miner_args``, else the loss's value for ``follows_loss`` ones."""
+    entry = MINERS[cfg.miner]
+    given = dict(cfg.miner_args or {})
+    for name in entry.follows_loss:
+        if name not in given and name in (cfg.args or {}):
+            given[name] = cfg.args[name]
+    return entry.resolve(given, "loss.miner_args")
+
+
+def has_proxies(cfg: LossConfig) -> bool:
+    return LOSSES[cfg.name].proxies
 
 
 def build_miner(cfg: LossConfig) -> torch.nn.Module | None:
-    """The miner named by ``cfg.miner`` (None for 'all'/'none': every pair or triplet of the batch)."""
-    if cfg.miner == "batch_hard":
-        return miners.BatchHardMiner()
-    if cfg.miner == "semi_hard":
-        return miners.TripletMarginMiner(margin=cfg.margin, type_of_triplets="semihard")
-    if cfg.miner == "multi_similarity":
-        return miners.MultiSimilarityMiner(epsilon=0.1)
-    return None
+    """The miner ``cfg.miner`` names (None for 'all'/'none': every pair or triplet of the batch)."""
+    entry = MINERS[cfg.miner]
+    return None if entry.cls is None else entry.cls(**miner_args(cfg))
 
 
 def build_metric_loss(cfg: LossConfig, num_classes: int, embedding_dim: int) -> torch.nn.Module:
-    """The PML loss named by ``cfg.name``; proxy losses get ``num_classes`` × ``embedding_dim`` proxies."""
-    if cfg.name in PROXY_LOSSES and num_classes < 2:
-        raise ConfigError(f"loss.name={cfg.name} needs at least 2 training classes, got {num_classes}")
-    if cfg.name == "triplet":
-        return losses.TripletMarginLoss(margin=cfg.margin)
-    if cfg.name == "proxy_anchor":
-        return losses.ProxyAnchorLoss(num_classes, embedding_dim, margin=cfg.margin, alpha=cfg.alpha)
-    if cfg.name == "proxy_nca":
-        return losses.ProxyNCALoss(num_classes, embedding_dim, softmax_scale=cfg.alpha)
-    if cfg.name == "multi_similarity":
-        return losses.MultiSimilarityLoss(alpha=cfg.ms_alpha, beta=cfg.ms_beta, base=cfg.ms_base)
-    if cfg.name == "arcface":
-        # PML's ArcFace margin is in degrees (28.6° ≈ 0.5 rad, Deng et al. 2019); scale = alpha.
-        return losses.ArcFaceLoss(num_classes, embedding_dim, margin=cfg.margin, scale=cfg.alpha)
-    raise ConfigError(f"loss.name: unknown loss '{cfg.name}'")
+    """The PML loss ``cfg.name`` names with ``cfg.args``; proxy losses get ``num_classes`` × ``embedding_dim`` proxies."""
+    entry = LOSSES[cfg.name]
+    args = entry.resolve(cfg.args, "loss.args")
+    if entry.proxies:
+        if num_classes < 2:
+            raise ConfigError(f"loss.name={cfg.name} needs at least 2 training classes, got {num_classes}")
+        return entry.cls(num_classes, embedding_dim, **args)
+    return entry.cls(**args)
 
 
 @dataclass

@@ -44,25 +44,13 @@ from typing import Sequence
 import faiss
 import numpy as np
 
+from .vectors import check_embeddings
+
 log = logging.getLogger(__name__)
 
 # Largest chunk × K block of search results held at once (scores float32 + ids int64 = 12 bytes each):
 # 2^24 entries ≈ 200 MB. Chunks shrink when K (or the largest class) is large.
 _MAX_BLOCK = 1 << 24
-
-
-def _as_embeddings(x: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name}: expected a non-empty (N, D) array of embeddings, got shape {x.shape}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x[: min(len(x), 4096)], axis=1)
-    if not np.all(np.isfinite(norms)):
-        raise ValueError(f"{name}: embeddings contain NaN or inf")
-    if np.abs(norms - 1).max() > 1e-3:
-        log.warning("%s: embeddings are not L2-normalised (norms %.3g..%.3g); inner product is not cosine",
-                    name, norms.min(), norms.max())
-    return x
 
 
 def _as_labels(y, n: int, name: str) -> np.ndarray:
@@ -189,16 +177,16 @@ def retrieval_metrics(query: np.ndarray, query_labels, gallery: np.ndarray | Non
     Returns {"recall@1": ..., "recall@2": ..., "map@r": ..., "r_precision": ...} (fractions in
     [0, 1]; the last two only with ``map_at_r``). See the module docstring for edge cases.
     """
-    query = _as_embeddings(query, "query")
+    query = check_embeddings(query, "query")
     query_labels = _as_labels(query_labels, len(query), "query_labels")
     leave_one_out = gallery is None
     if leave_one_out:
         gallery, gallery_labels = query, query_labels
     else:
-        gallery = _as_embeddings(gallery, "gallery")
+        if np.ndim(gallery) == 2 and np.shape(gallery)[1] != query.shape[1]:
+            raise ValueError(f"query has dimension {query.shape[1]} but gallery has {np.shape(gallery)[1]}")
+        gallery = check_embeddings(gallery, "gallery")
         gallery_labels = _as_labels(gallery_labels, len(gallery), "gallery_labels")
-        if gallery.shape[1] != query.shape[1]:
-            raise ValueError(f"query has dimension {query.shape[1]} but gallery has {gallery.shape[1]}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size: expected >= 1, got {chunk_size}")
     n_gallery = len(gallery) - int(leave_one_out)

@@ -1,14 +1,43 @@
-"""Optimizer with a proxy parameter group, and per-step learning-rate schedules with warm-up."""
+"""Optimizers with a proxy parameter group, and per-step learning-rate schedules with warm-up."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from .config import OptimConfig
+from .registry import Registry
+
+if TYPE_CHECKING:
+    from .config import OptimConfig
+
+# optim.name → torch optimizer built from (parameter groups, config).
+OPTIMIZERS = Registry("optim.name", {
+    "adam": lambda groups, cfg: torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay),
+    "adamw": lambda groups, cfg: torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay),
+    "sgd": lambda groups, cfg: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                                               weight_decay=cfg.weight_decay),
+})
 
 
-def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, loss: torch.nn.Module, proxy_lr_mult: float) -> torch.optim.Optimizer:
+def _step(epoch: float, progress: float, cfg: OptimConfig) -> float:
+    return cfg.gamma ** sum(epoch >= e for e in cfg.step_epochs)
+
+
+def _cosine(epoch: float, progress: float, cfg: OptimConfig) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+# optim.scheduler → lr multiplier after warm-up, from (epoch, fraction of the post-warm-up steps done, config).
+SCHEDULES: Registry = Registry("optim.scheduler", {
+    "none": lambda epoch, progress, cfg: 1.0,
+    "step": _step,
+    "cosine": _cosine,
+})
+
+
+def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, loss: torch.nn.Module,
+                    proxy_lr_mult: float) -> torch.optim.Optimizer:
     """Model parameters at ``cfg.lr``; loss parameters (proxies) at ``cfg.lr * proxy_lr_mult``.
 
     Proxy-Anchor (Kim et al. 2020, §4.1) trains proxies 100× faster than the network: they start
@@ -18,25 +47,17 @@ def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, loss: torch.nn.Mod
     loss_params = [p for p in loss.parameters() if p.requires_grad]
     if loss_params:
         groups.append({"params": loss_params, "lr": cfg.lr * proxy_lr_mult, "name": "loss"})
-    if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return OPTIMIZERS[cfg.name](groups, cfg)
 
 
 def lr_factor(step: int, cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> float:
-    """Multiplier of the base lr at optimizer step ``step`` (0-based): linear warm-up, then step or cosine."""
+    """Multiplier of the base lr at optimizer step ``step`` (0-based): linear warm-up, then the schedule."""
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     if step < warmup:
         return (step + 1) / warmup
-    epoch = step / steps_per_epoch
-    if cfg.scheduler == "step":
-        return cfg.gamma ** sum(epoch >= e for e in cfg.step_epochs)
-    if cfg.scheduler == "cosine":
-        total = max(1, epochs * steps_per_epoch - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / total)))
-    return 1.0
+    total = max(1, epochs * steps_per_epoch - warmup)
+    schedule: Callable[[float, float, OptimConfig], float] = SCHEDULES[cfg.scheduler]
+    return schedule(step / steps_per_epoch, (step - warmup) / total, cfg)
 
 
 def build_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int):

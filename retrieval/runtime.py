@@ -9,16 +9,30 @@ import platform
 
 import torch
 
+from .errors import ConfigError
+
 log = logging.getLogger(__name__)
 
+# train.precision / --precision: auto = bf16 on CPUs with native bf16, AMP (bf16 or fp16) on CUDA.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' → cuda when available, else cpu."""
+
+def resolve_device(name: str = "auto", flag: str = "train.device") -> torch.device:
+    """'auto' → cuda when available, else cpu; ConfigError naming ``flag`` for a device this machine lacks."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name} but CUDA is not available on this machine")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{flag}={name}: not a device; expected auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{flag}={name}: {device.type} is not supported; expected auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"{flag}={name}: CUDA is not available on this machine; use cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"{flag}={name}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
     return device
 
 
@@ -38,15 +52,17 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``precision`` on ``device`` (None = plain fp32)."""
+def resolve_precision(precision: str, device: torch.device, flag: str = "train.precision") -> torch.dtype | None:
+    """Autocast dtype for ``precision`` on ``device`` (None = plain fp32); ConfigError naming ``flag`` when impossible."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{flag}={precision}: expected one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
     if precision == "fp16":
         if device.type != "cuda":
-            raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
+            raise ConfigError(f"{flag}=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

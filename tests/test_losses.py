@@ -18,7 +18,7 @@ def _batch(classes=8, m=4, dim=16, seed=0):
 
 def test_triplet_batch_hard_plus_cls_matches_references():
     emb, logits, labels = _batch()
-    out = RetrievalLoss(LossConfig(name="triplet", miner="batch_hard", margin=0.1, cls_weight=0.7,
+    out = RetrievalLoss(LossConfig(name="triplet", miner="batch_hard", args={"margin": 0.1}, cls_weight=0.7,
                                    label_smoothing=0.1), 8, 16)(emb, logits, labels)
     ref_metric = losses.TripletMarginLoss(margin=0.1)(emb, labels, miners.BatchHardMiner()(emb, labels))
     ref_cls = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1)

@@ -12,12 +12,11 @@ import argparse
 import dataclasses
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 from ..provenance import header, machine_line
-from .common import add_logging_args, cli_main, setup_logging
+from .common import add_checkpoint_arg, add_logging_args, command, new_parser
 
 PUBLISHED_COLUMN = "published (CGD paper)"
 STANDARD_K = {"cub": [1, 2, 4, 8], "cars": [1, 2, 4, 8], "sop": [1, 10, 100, 1000],
@@ -25,12 +24,13 @@ STANDARD_K = {"cub": [1, 2, 4, 8], "cars": [1, 2, 4, 8], "sop": [1, 10, 100, 100
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="retrieval-benchmark",
-        description="Evaluate a checkpoint on a data set's test protocol (Recall@K, MAP@R, R-precision) and "
-                    "print it beside the CGD paper's published Recall@K. Example: retrieval-benchmark "
-                    "--checkpoint runs/cub200/best.pt --config configs/cub200.yaml data.root=/data/CUB_200_2011")
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="trained checkpoint (*.pt)")
+    from ..runtime import PRECISIONS
+
+    parser = new_parser("retrieval-benchmark", "Evaluate a checkpoint on a data set's test protocol (Recall@K, "
+                        "MAP@R, R-precision) and print it beside the CGD paper's published Recall@K.",
+                        "retrieval-benchmark --checkpoint runs/cub200/best.pt --config configs/cub200.yaml "
+                        "data.root=/data/CUB_200_2011")
+    add_checkpoint_arg(parser)
     parser.add_argument("--config", help="YAML config naming the data set and eval.recall_k "
                                          "(default: the checkpoint's own config)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "eval.batch_size)")
     parser.add_argument("--workers", type=int, help="data-loader worker processes (default: data.num_workers)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="auto: bf16 on CPUs with native bf16, AMP on CUDA")
     add_logging_args(parser)
     return parser
@@ -57,7 +57,7 @@ def resolve_eval_config(args: argparse.Namespace, state: dict, trained):
         cfg = load_config(args.config, args.overrides)
     else:
         try:
-            cfg = config_from_dict(state["config"], args.overrides)
+            cfg = config_from_dict(state["config"], args.overrides, quiet_migration=True)
         except ConfigError as err:
             raise ConfigError(f"{args.checkpoint} (its stored config with the overrides): {err}") from None
     if not any(o.split("=", 1)[0].strip() == "data.image_size" for o in args.overrides):
@@ -129,10 +129,8 @@ def format_report(result: dict) -> tuple[str, str]:
     return "\n".join(text + notes) + "\n", "\n".join(md)
 
 
-@cli_main
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args)
+@command(build_parser)
+def main(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model
     from ..config import to_dict, to_yaml
     from ..data import build_splits
@@ -141,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..published import published_recall
     from ..runtime import resolve_device
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, flag="--device")
     model, trained, state = load_model(args.checkpoint, device)
     cfg = resolve_eval_config(args, state, trained)
     if args.print_config:
@@ -153,9 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
 
     published = published_recall(cfg.data.name)
-    argv_text = " ".join(["retrieval-benchmark", *(argv if argv is not None else sys.argv[1:])])
     result = {
-        "benchmark": "recall", **header(), "command": argv_text,
+        "benchmark": "recall", **header(), "command": args.command_line,
         "checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
         "checkpoint_epoch": state.get("epoch"), "model": _describe_model(trained),
         "dataset": {"name": cfg.data.name, "root": cfg.data.root, "crop": cfg.data.crop,

@@ -14,6 +14,15 @@ from ..progress import set_progress
 log = logging.getLogger("retrieval")
 
 
+def new_parser(prog: str, what: str, example: str) -> argparse.ArgumentParser:
+    """A command's parser: what it does, then one example command line."""
+    return argparse.ArgumentParser(prog=prog, description=f"{what} Example: {example}")
+
+
+def add_checkpoint_arg(parser: argparse.ArgumentParser, help: str = "trained checkpoint (*.pt)") -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help=help)
+
+
 def add_logging_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -26,6 +35,25 @@ def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> N
                         help="print the resolved config (after overrides) and exit without running")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="config overrides, e.g. optim.lr=3e-4 model.descriptors=SG")
+
+
+def add_embedding_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of the commands that embed images with a checkpoint (build_index, query)."""
+    from ..runtime import PRECISIONS
+
+    parser.add_argument("--batch-size", type=int,
+                        help="images per forward pass (default: the checkpoint's eval.batch_size)")
+    parser.add_argument("--workers", type=int, default=2, help="data-loader worker processes (default 2)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: bf16 on CPUs with native bf16, AMP on CUDA")
+
+
+def open_embedder_from(args: argparse.Namespace):
+    """The checkpoint of ``--checkpoint`` ready to embed, with the embedding flags applied."""
+    from ..gallery import open_embedder
+
+    return open_embedder(args.checkpoint, args.device, args.batch_size, args.workers, args.precision)
 
 
 def setup_logging(args: argparse.Namespace) -> None:
@@ -48,6 +76,29 @@ def resolve_config(args: argparse.Namespace) -> Config | None:
         print(to_yaml(cfg), end="")
         return None
     return cfg
+
+
+class UsageError(Exception):
+    """A combination of flags that argparse cannot check; reported like argparse's own errors (usage, exit 2)."""
+
+
+def command(build_parser: Callable[[], argparse.ArgumentParser]):
+    """Decorator of a command's body ``main(args)``: the result is ``main(argv)`` that parses ``argv`` with
+    ``build_parser()``, sets up logging and progress bars, and turns user errors into exit status 2."""
+    def wrap(body: Callable[[argparse.Namespace], int | None]) -> Callable[[list[str] | None], int]:
+        @cli_main
+        @functools.wraps(body)
+        def main(argv: list[str] | None = None) -> int | None:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            args.command_line = " ".join([parser.prog, *(argv if argv is not None else sys.argv[1:])])
+            setup_logging(args)
+            try:
+                return body(args)
+            except UsageError as err:
+                parser.error(str(err))
+        return main
+    return wrap
 
 
 def cli_main(fn: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:

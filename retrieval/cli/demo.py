@@ -27,7 +27,7 @@ from ..files import atomic_write_text
 from . import build_index as build_index_cli
 from . import query as query_cli
 from . import train as train_cli
-from .common import add_logging_args, cli_main, setup_logging
+from .common import add_logging_args, command
 
 log = logging.getLogger("retrieval.demo")
 MARKER = "demo.json"  # written last; a folder holding it is a finished demo the next one may replace
@@ -106,10 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@cli_main
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args)
+@command(build_parser)
+def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     overrides = [f"data.root={out / 'data'}", f"train.out_dir={out / 'train'}", *args.overrides]
     cfg = load_config(args.config, overrides)  # validate before touching the folder

@@ -10,17 +10,14 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, DataError, ImageError
-from .build_index import add_embedding_args, embed_images, load_embedder
-from .common import add_logging_args, cli_main, setup_logging
+from .common import add_checkpoint_arg, add_embedding_args, add_logging_args, command, new_parser, open_embedder_from
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="query.py",
-        description="Find the K most similar gallery images of each query image in an index folder built by "
-                    "build_index.py with the same checkpoint. Example: query.py --checkpoint runs/cub/best.pt "
-                    "--index indexes/cub -k 5 bird.jpg --grid top5.png")
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="the checkpoint the index was built with")
+    parser = new_parser("query.py", "Find the K most similar gallery images of each query image in an index "
+                        "folder built by build_index.py with the same checkpoint.",
+                        "query.py --checkpoint runs/cub/best.pt --index indexes/cub -k 5 bird.jpg --grid top5.png")
+    add_checkpoint_arg(parser, "the checkpoint the index was built with")
     parser.add_argument("--index", required=True, metavar="INDEX_DIR", help="index folder from build_index.py")
     parser.add_argument("-k", "--top-k", type=int, default=10, help="results per query (default 10)")
     parser.add_argument("paths", nargs="*", metavar="IMAGE", help="query images")
@@ -45,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _queries(args: argparse.Namespace) -> pd.DataFrame:
-    from ..embed import table_from_csv, table_from_folder, table_from_paths
+    from ..data import table_from_csv, table_from_folder, table_from_paths
 
     given = [bool(args.paths), bool(args.images), bool(args.csv)]
     if sum(given) != 1:
@@ -73,8 +70,7 @@ def _label_codes(query_labels: pd.Series, gallery_labels: pd.Series) -> tuple[np
     return np.array([names[v] for v in query_labels], np.int64), gallery
 
 
-def _evaluate(args, cfg, queries, meta, index, embeddings) -> dict[str, float]:
-    from ..index import search
+def _evaluate(args, cfg, queries, gallery, embeddings) -> dict[str, float]:
     from ..metrics import metrics_from_neighbours
 
     unlabelled = queries["label"] == ""
@@ -82,22 +78,10 @@ def _evaluate(args, cfg, queries, meta, index, embeddings) -> dict[str, float]:
         raise DataError(f"--eval needs a label for every query; {int(unlabelled.sum())} have none, e.g. "
                         f"{queries['path'][unlabelled].iloc[0]} (give --csv with a label column or --folder-labels)")
     ks = [int(k) for k in args.recall_k.split(",")] if args.recall_k else list(cfg.eval.recall_k)
-    q_codes, g_codes = _label_codes(queries["label"], meta["label"])
+    q_codes, g_codes = _label_codes(queries["label"], gallery.metadata["label"])
     largest_class = int(np.bincount(g_codes[g_codes >= 0]).max()) if (g_codes >= 0).any() else 0
-    _, ids = search(index, embeddings, min(index.ntotal, max(max(ks), largest_class)))
+    _, ids = gallery.search(embeddings, min(gallery.count, max(max(ks), largest_class)), args.nprobe, args.ef_search)
     return metrics_from_neighbours(ids, q_codes, g_codes, ks=ks, map_at_r=cfg.eval.map_at_r)
-
-
-def _results(meta: pd.DataFrame, scores: np.ndarray, ids: np.ndarray) -> list[pd.DataFrame]:
-    """Per query: rank, score, gallery_id, gallery_path, gallery_label (missing approximate hits dropped)."""
-    out = []
-    for q in range(len(ids)):
-        found = ids[q] >= 0
-        gid = ids[q][found]
-        out.append(pd.DataFrame({"rank": np.flatnonzero(found) + 1, "score": scores[q][found].astype(float),
-                                 "gallery_id": gid, "gallery_path": meta["path"].to_numpy()[gid],
-                                 "gallery_label": meta["label"].to_numpy()[gid]}))
-    return out
 
 
 def _print_results(queries: pd.DataFrame, results: list[pd.DataFrame], fmt: str) -> None:
@@ -130,10 +114,8 @@ def _print_metrics(result: dict[str, float], fmt: str, n_query: int, n_gallery: 
             print(f"  {key:<12s} {value:.4f}")
 
 
-@cli_main
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args)
+@command(build_parser)
+def main(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ConfigError(f"-k: expected >= 1, got {args.top_k}")
     if args.grid:
@@ -141,20 +123,18 @@ def main(argv: list[str] | None = None) -> int:
 
         if Path(args.grid).suffix.lower() not in Image.registered_extensions():
             raise ConfigError(f"--grid {args.grid}: unknown image extension (use .png or .jpg)")
-    from ..index import check_compatible, load_index, search, set_search_params
+    from ..gallery import open_gallery
 
-    queries = _queries(args)  # nonexistent paths fail first
-    index, meta, manifest = load_index(args.index)
-    model, cfg, sha, device = load_embedder(args)
-    check_compatible(manifest, args.index, cfg.model.embedding_dim, sha)
+    queries = _queries(args)  # nonexistent paths fail first, then a broken index, before the model loads
+    gallery = open_gallery(args.index)
+    embedder = open_embedder_from(args)
+    gallery.check_model(embedder)
     _check_decodable(queries["path"].tolist(), args.workers)
-    set_search_params(index, nprobe=args.nprobe, ef_search=args.ef_search)
-    embeddings = embed_images(model, cfg, queries, device, args)
+    embeddings = embedder.embed(queries, progress=not args.quiet)
     if args.eval:
-        result = _evaluate(args, cfg, queries, meta, index, embeddings)
-        _print_metrics(result, args.format, len(queries), index.ntotal)
-    scores, ids = search(index, embeddings, args.top_k)
-    results = _results(meta, scores, ids)
+        result = _evaluate(args, embedder.cfg, queries, gallery, embeddings)
+        _print_metrics(result, args.format, len(queries), gallery.count)
+    results = gallery.results(*gallery.search(embeddings, args.top_k, args.nprobe, args.ef_search))
     if not args.eval:
         _print_results(queries, results, args.format)
     if args.grid:

@@ -7,14 +7,12 @@ from pathlib import Path
 
 from ..config import load_config, to_yaml
 from ..errors import ConfigError
-from .common import add_config_args, add_logging_args, cli_main, setup_logging
+from .common import add_config_args, add_logging_args, command, new_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="train_embed.py",
-        description="Train a CBAM-ResNet + CGD embedding with a metric-learning loss. "
-                    "Example: train_embed.py --config configs/cub200.yaml optim.lr=3e-4 data.root=/data/CUB_200_2011")
+    parser = new_parser("train_embed.py", "Train a CBAM-ResNet + CGD embedding with a metric-learning loss.",
+                        "train_embed.py --config configs/cub200.yaml optim.lr=3e-4 data.root=/data/CUB_200_2011")
     add_config_args(parser, required=False)
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
@@ -22,10 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@cli_main
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args)
+@command(build_parser)
+def main(args: argparse.Namespace) -> int:
     if args.config is None and args.resume is None:
         raise ConfigError("give --config FILE (or --resume RUN_DIR to continue a run)")
     cfg = load_config(args.config, args.overrides) if args.config else None

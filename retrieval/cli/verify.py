@@ -5,15 +5,13 @@ import argparse
 import os
 import sys
 
-from .common import add_config_args, add_logging_args, cli_main, resolve_config, setup_logging
+from .common import add_config_args, add_logging_args, command, new_parser, resolve_config
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="retrieval-verify",
-        description="Check that every image of the configured data set decodes; print one line per bad "
-                    "file (path<TAB>reason); exit 1 when any is bad. "
-                    "Example: retrieval-verify data.name=cub data.root=/data/CUB_200_2011")
+    parser = new_parser("retrieval-verify", "Check that every image of the configured data set decodes; print one "
+                        "line per bad file (path<TAB>reason); exit 1 when any is bad.",
+                        "retrieval-verify data.name=cub data.root=/data/CUB_200_2011")
     add_config_args(parser, required=False)
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="decoding threads (default: CPU count, at most 8)")
@@ -21,15 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@cli_main
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args)
+@command(build_parser)
+def main(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     if cfg is None:
         return 0
     from ..data.images import verify_images
-    from ..data.records import load_records
+    from ..data import load_records
 
     records = load_records(cfg.data, check_missing=False)
     bad = verify_images(records["path"], num_workers=args.workers)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_logging_args, cli_main, setup_logging
+from .common import UsageError, add_logging_args, command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,13 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@cli_main
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args)
+@command(build_parser)
+def main(args: argparse.Namespace) -> int:
     if args.picture == "curve" and args.labels and len(args.labels) != len(args.runs):
-        parser.error(f"--labels: {len(args.labels)} labels for {len(args.runs)} runs")
+        raise UsageError(f"--labels: {len(args.labels)} labels for {len(args.runs)} runs")
     try:
         from ..viz.plots import pyplot
 
@@ -49,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         from ..runtime import resolve_device
         from ..viz import attention_figure
 
-        model, cfg, _ = load_model(args.checkpoint, resolve_device(args.device))
+        model, cfg, _ = load_model(args.checkpoint, resolve_device(args.device, flag="--device"))
         out = attention_figure(model, args.images, cfg, args.out)
     else:
         from ..viz import recall_curve

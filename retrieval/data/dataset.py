@@ -3,18 +3,20 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 
-from ..config import DataConfig
 from .images import load_image
-from .records import load_records
+from .splits import load_records
 from .transforms import build_transforms
 from ..progress import progress
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,22 @@ class ImageDataset(torch.utils.data.Dataset):
         self._cache = cache
         log.info("cached %d images at %d px (%.0f MB)", len(cache), size,
                  sum(a.nbytes for a in cache) / 2**20)
+
+
+class PathsDataset(torch.utils.data.Dataset):
+    """Images at arbitrary paths; ``dataset[i]`` = (transform(image), label int, -1 when unknown)."""
+
+    def __init__(self, paths: Sequence[str], transform, labels: Sequence[int] | None = None) -> None:
+        self.paths = [str(p) for p in paths]
+        self.transform = transform
+        self.labels = np.full(len(self.paths), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = load_image(self.paths[index])
+        return (self.transform(image) if self.transform is not None else image), int(self.labels[index])
 
 
 def build_splits(cfg: DataConfig) -> dict[str, ImageDataset]:

@@ -13,13 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import DataError
-from .images import IMAGE_EXTENSIONS
+from .images import IMAGE_EXTENSIONS, list_images
 from .records import SPLITS, make_records
-
-
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts) and p.is_file())
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -32,7 +27,7 @@ def read_folder(root: Path) -> pd.DataFrame:
         raise DataError(f"data.root: {root} is not a folder (data.name=folder expects root/<class>/<images>)")
     split_dirs = [d for d in _class_dirs(root) if d.name.lower() in SPLITS]
     groups = [(d.name.lower(), d) for d in split_dirs] if split_dirs else [(None, root)]
-    entries = [(split, cls.name, img) for split, base in groups for cls in _class_dirs(base) for img in _images(cls)]
+    entries = [(split, cls.name, img) for split, base in groups for cls in _class_dirs(base) for img in list_images(cls)]
     if not entries:
         raise DataError(f"{root}: no images found in class sub-folders (expected root/<class>/<image>"
                         f"{', with extensions ' + ' '.join(IMAGE_EXTENSIONS)})")

@@ -24,6 +24,12 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
+def list_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursive, sorted; hidden files and folders and other extensions skipped)."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def _check_file(path: str) -> None:
     if not os.path.isfile(path):
         raise ImageError(f"{path}: file not found")

@@ -6,9 +6,13 @@ Test: resize to ``image_size``×``image_size``. Both resizes are square, as CGD'
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torchvision import transforms as T
 
-from ..config import DataConfig
+if TYPE_CHECKING:
+    from ..config import DataConfig
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

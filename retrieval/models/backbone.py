@@ -12,13 +12,15 @@ from typing import Callable
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-# name → (torchvision block, blocks per stage), as torchvision.models.resnet18 ... resnet101
-ARCHS: dict[str, tuple[type[BasicBlock | Bottleneck], list[int]]] = {
+from ..registry import Registry
+
+# model.backbone → (torchvision block, blocks per stage), as torchvision.models.resnet18 ... resnet101
+BACKBONES = Registry("model.backbone", {
     "resnet18": (BasicBlock, [2, 2, 2, 2]),
     "resnet34": (BasicBlock, [3, 4, 6, 3]),
     "resnet50": (Bottleneck, [3, 4, 6, 3]),
     "resnet101": (Bottleneck, [3, 4, 23, 3]),
-}
+})
 
 
 class CBAMBasicBlock(BasicBlock):
@@ -69,11 +71,9 @@ def build_resnet(
     attention: e.g. ``functools.partial(CBAM, reduction=16)``; None = torchvision's plain blocks.
     last_stride: 1 removes the down-sampling of the last stage (CGD §4: 14×14 map at 224 px).
     """
-    if arch not in ARCHS:
-        raise ValueError(f"backbone: '{arch}' is not one of {', '.join(ARCHS)}")
     if last_stride not in (1, 2):
         raise ValueError(f"last_stride: must be 1 or 2, got {last_stride}")
-    block, layers = ARCHS[arch]
+    block, layers = BACKBONES[arch]
     model = ResNet(_WITH_ATTENTION[block] if attention is not None else block, layers, num_classes=num_classes)
     if attention is not None:
         for stage in (model.layer1, model.layer2, model.layer3, model.layer4):

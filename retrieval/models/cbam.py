@@ -21,20 +21,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-POOLS = ("avg", "max", "avg_max")
-ARRANGEMENTS = ("channel_spatial", "spatial_channel", "parallel")
-INITS = ("identity", "paper")
+from ..registry import Registry
 
+# model.cbam_pool → the poolings the gates use (CBAM Tables 1–2: average and max together win).
+POOLS = Registry("model.cbam_pool", {"avg": ("avg",), "max": ("max",), "avg_max": ("avg", "max")})
 
-def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}: '{value}' is not one of {', '.join(allowed)}")
-
-
-def _gate_scale(init: str) -> float:
-    """2 for the identity start (2·sigmoid(0) = 1), 1 for the paper's plain sigmoid."""
-    _check("init", init, INITS)
-    return 2.0 if init == "identity" else 1.0
+# model.cbam_init → the factor in front of each gate's sigmoid: 1 for the paper's plain
+# sigmoid, 2 for the identity start (2·sigmoid(0) = 1; see the module docstring).
+INITS = Registry("model.cbam_init", {"paper": 1.0, "identity": 2.0})
 
 
 class ChannelGate(nn.Module):
@@ -45,9 +39,8 @@ class ChannelGate(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 16, pool: str = "avg_max", init: str = "paper") -> None:
         super().__init__()
-        _check("pool", pool, POOLS)
-        self.pools = ("avg", "max") if pool == "avg_max" else (pool,)
-        self.scale = _gate_scale(init)
+        self.pools = POOLS[pool]
+        self.scale = INITS[init]
         hidden = max(channels // reduction, 1)
         # Linear layers with bias, as the official code (C → C/r → C, ReLU in between).
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels))
@@ -84,12 +77,10 @@ class SpatialGate(nn.Module):
 
     def __init__(self, kernel_size: int = 7, pool: str = "avg_max", init: str = "paper") -> None:
         super().__init__()
-        _check("pool", pool, POOLS)
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size: must be a positive odd number (CBAM uses 3 or 7), got {kernel_size}")
-        # Channel order [max, mean] as the official ChannelPool.
-        self.pools = ("max", "avg") if pool == "avg_max" else (pool,)
-        self.scale = _gate_scale(init)
+        self.pools = tuple(reversed(POOLS[pool]))  # channel order [max, mean] as the official ChannelPool
+        self.scale = INITS[init]
         self.conv = nn.Conv2d(len(self.pools), 1, kernel_size, padding=kernel_size // 2, bias=False)
         self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01)  # momentum as the official BasicConv
         self.sigmoid = nn.Sigmoid()
@@ -134,8 +125,8 @@ class CBAM(nn.Module):
         init: str = "paper",
     ) -> None:
         super().__init__()
-        _check("arrangement", arrangement, ARRANGEMENTS)
-        _check("init", init, INITS)
+        self.combine = ARRANGEMENTS[arrangement]
+        INITS.check(init)
         self.arrangement = arrangement
         self.channel = ChannelGate(channels, reduction, pool, init)
         self.spatial = SpatialGate(kernel_size, pool, init) if spatial else None
@@ -143,8 +134,12 @@ class CBAM(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.spatial is None:
             return self.channel(x)
-        if self.arrangement == "channel_spatial":
-            return self.spatial(self.channel(x))
-        if self.arrangement == "spatial_channel":
-            return self.channel(self.spatial(x))
-        return x * self.channel.gate(x) * self.spatial.gate(x)
+        return self.combine(self, x)
+
+
+# model.cbam_arrangement → how CBAM applies its two gates (CBAM Table 3; see ``CBAM``).
+ARRANGEMENTS = Registry("model.cbam_arrangement", {
+    "channel_spatial": lambda cbam, x: cbam.spatial(cbam.channel(x)),
+    "spatial_channel": lambda cbam, x: cbam.channel(cbam.spatial(x)),
+    "parallel": lambda cbam, x: x * cbam.channel.gate(x) * cbam.spatial.gate(x),
+})

@@ -12,7 +12,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DESCRIPTORS = {"S": "SPoC", "M": "MAC", "G": "GeM"}
+from ..errors import ConfigError
+from ..registry import Registry
+
+# model.descriptors letters → the descriptor's name (CGD Eq. 1: p = 1, p = ∞, p learnable or fixed).
+DESCRIPTORS = Registry("model.descriptors", {"S": "SPoC", "M": "MAC", "G": "GeM"})
+
+
+def parse_descriptors(text: str) -> str:
+    """``text`` upper-cased when it is distinct letters of DESCRIPTORS (e.g. "sg" → "SG"); else ConfigError."""
+    letters = str(text).upper()
+    if not letters or any(c not in DESCRIPTORS for c in letters) or len(set(letters)) != len(letters):
+        raise ConfigError(f"model.descriptors: '{text}' must be distinct letters from {', '.join(DESCRIPTORS)} "
+                          "(e.g. SG, MG, SMG)")
+    return letters
 
 
 class GlobalDescriptor(nn.Module):
@@ -20,8 +33,7 @@ class GlobalDescriptor(nn.Module):
 
     def __init__(self, kind: str, p: float = 3.0, learnable: bool = False, eps: float = 1e-6) -> None:
         super().__init__()
-        if kind not in DESCRIPTORS:
-            raise ValueError(f"descriptor: '{kind}' is not one of {', '.join(DESCRIPTORS)} (SPoC, MAC, GeM)")
+        DESCRIPTORS.check(kind)
         if kind == "G" and p <= 0:
             raise ValueError(f"gem_p: must be > 0, got {p}")
         self.kind = kind
@@ -68,9 +80,7 @@ class CGDHead(nn.Module):
         temperature: float = 0.5,
     ) -> None:
         super().__init__()
-        descriptors = descriptors.upper()
-        if not descriptors or set(descriptors) - set(DESCRIPTORS) or len(set(descriptors)) != len(descriptors):
-            raise ValueError(f"descriptors: '{descriptors}' must be distinct letters from S, M, G (e.g. SG, MG, SMG)")
+        descriptors = parse_descriptors(descriptors)
         if embedding_dim <= 0 or embedding_dim % len(descriptors):
             raise ValueError(
                 f"embedding_dim: {embedding_dim} is not a positive multiple of the {len(descriptors)} "

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from ..config import ModelConfig
 from .backbone import ResNetBackbone
 from .cbam import CBAM
 from .cgd import CGDHead
 from .pretrained import load_pretrained
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 
 log = logging.getLogger(__name__)
 

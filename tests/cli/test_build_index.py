@@ -8,7 +8,8 @@ import pytest
 from retrieval.checkpoint import load_model
 from retrieval.cli.build_index import main
 from retrieval.data import build_transforms
-from retrieval.embed import embed_table, table_from_folder
+from retrieval.data import table_from_folder
+from retrieval.embed import embed_table
 from retrieval.files import sha256_file
 from retrieval.index import load_index
 

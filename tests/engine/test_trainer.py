@@ -61,16 +61,16 @@ def test_resume_continues_exactly(data_root, tmp_path, monkeypatch):
     # one loader worker: its random crops must replay too (worker seeds per epoch)
     extra = ("train.epochs=2", "loss.name=proxy_anchor", "loss.miner=none", "data.num_workers=1")
     straight = train(_cfg(data_root, tmp_path / "a", *extra))
-    end_of_epoch = trainer._end_of_epoch
+    end_of_epoch = trainer.end_of_epoch
 
-    def killed_after_first_epoch(cfg, ts, *args):
-        end_of_epoch(cfg, ts, *args)
+    def killed_after_first_epoch(run, stats):
+        end_of_epoch(run, stats)
         raise KeyboardInterrupt  # the run dies right after epoch 1's checkpoint
 
-    monkeypatch.setattr(trainer, "_end_of_epoch", killed_after_first_epoch)
+    monkeypatch.setattr(trainer, "end_of_epoch", killed_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(data_root, tmp_path / "b", *extra))
-    monkeypatch.setattr(trainer, "_end_of_epoch", end_of_epoch)
+    monkeypatch.setattr(trainer, "end_of_epoch", end_of_epoch)
     resumed = train(None, resume=tmp_path / "b")
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name

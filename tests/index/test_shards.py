@@ -12,7 +12,7 @@ import pytest
 
 from retrieval.errors import ConfigError, IndexFormatError
 from retrieval.index import build_index, load_index, search, set_search_params
-from retrieval.index_shards import (IVFDATA_FILE, build_shard, build_sharded_index, merge_shards,
+from retrieval.index import (IVFDATA_FILE, build_shard, build_sharded_index, merge_shards,
                                     train_empty_index)
 
 
@@ -80,7 +80,7 @@ def test_loader_never_passes_io_flag_mmap(ondisk, monkeypatch):
 
 SCRIPT = """
 import sys, numpy as np, faiss, pandas as pd
-from retrieval.index_shards import build_sharded_index
+from retrieval.index import build_sharded_index
 from retrieval.index import load_index, search, set_search_params
 x = np.random.default_rng(0).standard_normal((600, 16)).astype(np.float32)
 x /= np.linalg.norm(x, axis=1, keepdims=True)

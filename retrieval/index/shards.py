@@ -10,13 +10,13 @@ Recipe (FAISS wiki "Indexes that do not fit in RAM"; faiss/contrib/ondisk.py):
    parallel processes or on different machines.
 3. ``merge_shards``: on the serving machine, ``faiss.contrib.ondisk.merge_ondisk`` streams the
    shards' lists into one ``index.ivfdata`` file; the result is a normal index folder
-   (retrieval.index layout plus ``index.ivfdata``, manifest ``ondisk: true``) that
+   (retrieval.index.folder layout plus ``index.ivfdata``, manifest ``ondisk: true``) that
    ``retrieval.index.load_index`` and ``query.py`` open like any other.
 
 Reading: ``faiss.read_index`` without flags memory-maps ``index.ivfdata`` by itself
 (OnDiskInvertedLists), so the lists are never loaded into RAM; the OS pages in the ``nprobe``
 lists a query visits. Do not pass ``faiss.IO_FLAG_MMAP``: with faiss-cpu 1.15.1 the merged index
-then segfaults on its first search (tests/test_index_shards.py keeps a check in a subprocess).
+then segfaults on its first search (tests/index/test_shards.py keeps a check in a subprocess).
 The ``.ivfdata`` path is stored relative (``index.ivfdata``), so the folder can be moved; the
 loader opens it from inside the folder.
 
@@ -24,41 +24,26 @@ See docs/scaling.md for the memory arithmetic at 10M and 100M vectors.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import faiss
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, IndexFormatError
-from .files import atomic_dir
-from .index import (FORMAT, _check_embeddings, _now, _write_folder, create_index,
-                    normalise_metadata)
-from .runtime import versions
+from ..errors import ConfigError, IndexFormatError
+from ..files import atomic_dir
+from ..vectors import check_embeddings
+from .factory import create_index
+from .folder import IVFDATA_FILE, in_dir, new_manifest, normalise_metadata, write_folder
 
 log = logging.getLogger(__name__)
-
-IVFDATA_FILE = "index.ivfdata"
-
-
-@contextlib.contextmanager
-def in_dir(folder: str | Path) -> Iterator[None]:
-    """Run with ``folder`` as working directory (FAISS resolves the stored .ivfdata name against it)."""
-    before = os.getcwd()
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(before)
 
 
 def train_empty_index(factory: str, train_vectors: np.ndarray, path: str | Path) -> Path:
     """Train an IVF index from ``factory`` on train_vectors (N, dim) and write it, empty, to ``path``."""
-    x = _check_embeddings(train_vectors)
+    x = check_embeddings(train_vectors)
     index = create_index(factory, x)
     if faiss.try_extract_index_ivf(index) is None:
         raise ConfigError(f"--index-type '{factory}': sharded / on-disk indexes need an IVF index "
@@ -73,7 +58,7 @@ def train_empty_index(factory: str, train_vectors: np.ndarray, path: str | Path)
 
 def build_shard(trained_path: str | Path, embeddings: np.ndarray, start_id: int, shard_path: str | Path) -> Path:
     """Add embeddings (n, dim) with global ids start_id … start_id+n-1 to the empty trained index; write the shard."""
-    x = _check_embeddings(embeddings)
+    x = check_embeddings(embeddings)
     index = faiss.read_index(str(trained_path))
     if index.ntotal:
         raise IndexFormatError(f"{trained_path}: expected the empty trained index, it holds {index.ntotal} vectors")
@@ -105,11 +90,9 @@ def merge_shards(trained_path: str | Path, shard_paths: Sequence[str | Path], me
             merge_ondisk(index, shards, IVFDATA_FILE)
         if index.ntotal != len(metadata):
             raise IndexFormatError(f"merged shards hold {index.ntotal} vectors but metadata has {len(metadata)} rows")
-        manifest = {"format": FORMAT, "dim": int(index.d), "count": int(index.ntotal), "metric": "inner_product",
-                    "factory": factory, "normalised": True, "ondisk": True, "shards": len(shards),
-                    "ivfdata_bytes": (tmp / IVFDATA_FILE).stat().st_size, "created": _now(), "versions": versions(),
-                    **(manifest_extra or {})}
-        _write_folder(tmp, index, normalise_metadata(metadata, index.ntotal), manifest, None)
+        manifest = new_manifest(index, factory, manifest_extra, ondisk=True, shards=len(shards),
+                                ivfdata_bytes=(tmp / IVFDATA_FILE).stat().st_size)
+        write_folder(tmp, index, normalise_metadata(metadata, index.ntotal), manifest, None)
     log.info("merged %d shards → %s (%d vectors, lists on disk)", len(shards), out_dir, manifest["count"])
     return manifest
 

@@ -1,0 +1,180 @@
+"""One training run's state (``Run``) and ``setup_run``, which builds it from a config or a run folder.
+
+Everything that can be wrong with the input (config, data, a resumed run that does not fit)
+fails in ``setup_run``, before the first training step.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ..checkpoint import checkpoint_config, read_checkpoint
+from ..config import Config, save_config, to_dict
+from ..errors import TrainingError
+from ..losses import RetrievalLoss
+from ..optim import build_optimizer, build_scheduler
+from ..runtime import resolve_device, resolve_precision
+from ..seeding import seed_everything
+from . import distributed as dist_utils
+from .rng import rng_state, set_rng_state
+from .run_dir import attach_log_file, prepare_run_dir, tensorboard_writer, truncate_metrics
+
+log = logging.getLogger(__name__)
+
+
+class TrainForward(torch.nn.Module):
+    """DDP hooks ``forward`` only: expose ``forward_train`` (embeddings + logits) as forward."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor):
+        return self.net.forward_train(images)
+
+
+@dataclass
+class Progress:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed
+    best: float = -1.0  # best Recall@1 so far
+    metrics: dict = field(default_factory=dict)  # last evaluation
+
+
+@dataclass
+class Run:
+    """What the training loop reads and updates, built once by ``setup_run``."""
+    cfg: Config
+    info: dist_utils.DistInfo
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype, None = fp32
+    memory_format: torch.memory_format
+    splits: dict[str, Any]  # "train" plus "test" or "query" / "gallery" datasets
+    loader: torch.utils.data.DataLoader
+    model: torch.nn.Module  # the RetrievalNet (what is evaluated and checkpointed)
+    net: torch.nn.Module  # the model's training forward, DDP-wrapped when distributed
+    loss: RetrievalLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    steps_per_epoch: int
+    num_classes: int  # classifier outputs (0 without the classification loss)
+    run_dir: Path
+    progress: Progress = field(default_factory=Progress)
+    writer: Any = None  # TensorBoard SummaryWriter (rank 0, when installed)
+    log_handler: logging.Handler | None = None
+
+    def checkpoint(self) -> dict:
+        """The checkpoint dict of the current state (DESIGN.md "Checkpoint")."""
+        p = self.progress
+        return {
+            "model": self.model.state_dict(), "loss": self.loss.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "epoch": p.epoch, "step": p.step, "best": p.best,
+            "config": to_dict(self.cfg), "num_classes": self.num_classes, "metrics": dict(p.metrics),
+            "rng": rng_state(),
+        }
+
+    def restore(self, state: dict) -> None:
+        """Continue from a checkpoint written by ``checkpoint`` (the run goes on after its epoch)."""
+        self.model.load_state_dict(state["model"])
+        self.loss.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        p = self.progress
+        p.epoch, p.step, p.best = int(state["epoch"]), int(state["step"]), float(state["best"])
+        p.metrics = dict(state.get("metrics", {}))
+        set_rng_state(state["rng"])
+        log.info("resumed at epoch %d (step %d)", p.epoch, p.step)
+
+
+def _resume_config(cfg: Config | None, state: dict, run_dir: Path) -> Config:
+    """The run's own config; a different one passed with --resume is an error listing the keys."""
+    stored = checkpoint_config(state, run_dir / "last.pt")
+    if cfg is None:
+        return stored
+    ignore = {("train", "epochs"), ("train", "out_dir")}  # extending a run is allowed
+    new, old = to_dict(cfg), to_dict(stored)
+    diffs = [f"{s}.{k}: run has {old[s][k]!r}, config has {new[s][k]!r}"
+             for s in old for k in old[s] if (s, k) not in ignore and old[s][k] != new[s].get(k)]
+    if diffs:
+        raise TrainingError(f"--resume {run_dir}: the config differs from the run's:\n  " + "\n  ".join(diffs))
+    stored.train.epochs = cfg.train.epochs
+    return stored
+
+
+def _run_config(cfg: Config | None, resume: str | Path | None) -> tuple[Config, dict | None]:
+    """(config, checkpoint state or None): the given config, or the resumed run's (checked against it)."""
+    if resume is None:
+        if cfg is None:
+            raise TrainingError("train: give a config or a run folder to resume")
+        return cfg, None
+    run_dir = Path(resume)
+    state = read_checkpoint(run_dir / "last.pt")
+    cfg = _resume_config(cfg, state, run_dir)
+    cfg.train.out_dir = str(run_dir)
+    return cfg, state
+
+
+def _open_run_dir(run: Run, overwrite: bool, resumed: bool) -> None:
+    """Rank 0: the run folder, its config.yaml, train.log and TensorBoard writer."""
+    if not run.info.is_main:
+        return
+    prepare_run_dir(run.run_dir, overwrite=overwrite, resume=resumed)
+    truncate_metrics(run.run_dir / "metrics.csv", run.progress.epoch)
+    save_config(run.cfg, run.run_dir / "config.yaml")
+    run.log_handler = attach_log_file(run.run_dir / "train.log")
+    run.writer = tensorboard_writer(run.run_dir / "tb")
+
+
+def setup_run(cfg: Config | None, resume: str | Path | None = None, overwrite: bool = False) -> Run:
+    """Build the run: data, model, loss, optimizer, schedule, run folder; restore ``resume``'s last.pt."""
+    from ..data import build_splits, build_train_loader
+    from ..models import build_model
+
+    cfg, state = _run_config(cfg, resume)
+    info = dist_utils.init_distributed(cfg.train.device)
+    device = dist_utils.device_for(info, resolve_device(cfg.train.device))
+    seed_everything(cfg.train.seed + info.rank)
+    splits = build_splits(cfg.data)
+    loader = build_train_loader(splits["train"], cfg.data, seed=cfg.train.seed, rank=info.rank,
+                                world_size=info.world_size)
+    num_classes = splits["train"].num_classes if cfg.loss.cls_weight > 0 else 0
+    model = build_model(cfg.model, num_classes=num_classes, load_weights=state is None)
+    loss = RetrievalLoss(cfg.loss, splits["train"].num_classes, cfg.model.embedding_dim, distributed=info.enabled)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    loss.to(device)
+    steps = len(loader) if cfg.train.steps_per_epoch <= 0 else min(len(loader), cfg.train.steps_per_epoch)
+    optimizer = build_optimizer(cfg.optim, model, loss, cfg.loss.proxy_lr_mult)
+    dtype = resolve_precision(cfg.train.precision, device)
+    net = TrainForward(model)
+    if info.enabled:
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    run = Run(cfg=cfg, info=info, device=device, dtype=dtype, memory_format=memory_format, splits=splits,
+              loader=loader, model=model, net=net, loss=loss, optimizer=optimizer,
+              scheduler=build_scheduler(cfg.optim, optimizer, steps, cfg.train.epochs),
+              scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), steps_per_epoch=steps,
+              num_classes=num_classes, run_dir=Path(cfg.train.out_dir))
+    if state is not None:
+        run.restore(state)
+    dist_utils.broadcast_parameters(loss, info)
+    _open_run_dir(run, overwrite, resumed=state is not None)
+    log.info("training %s on %s (%s, %d train images, %d classes, %d steps/epoch, precision %s, world %d)",
+             cfg.model.backbone, device, cfg.data.name, len(splits["train"]), splits["train"].num_classes,
+             steps, dtype or "fp32", info.world_size)
+    return run
+
+
+def close_run(run: Run) -> None:
+    """Detach the log file, close TensorBoard, leave the process group."""
+    if run.log_handler is not None:
+        logging.getLogger("retrieval").removeHandler(run.log_handler)
+        run.log_handler.close()
+    if run.writer is not None:
+        run.writer.close()
+    dist_utils.shutdown(run.info)

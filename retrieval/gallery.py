@@ -1,0 +1,131 @@
+"""A checkpoint and its gallery index, as the commands, benchmarks and the service use them.
+
+``open_embedder`` loads a checkpoint's model with its test transform; ``Embedder.embed``
+turns an image table (``retrieval.data.tables``) or a dataset into embeddings;
+``open_gallery`` opens an index folder and refuses one built by another model; ``Gallery``
+searches it and turns FAISS ids into result rows; ``build_gallery`` writes (or appends to) a
+folder with the checkpoint's provenance in its manifest.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import Config, to_dict
+from .index import build_index, check_compatible, load_index, search, set_search_params
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Embedder:
+    """A checkpoint's network in eval mode, with how it embeds images (its test transform at its image size)."""
+    model: torch.nn.Module
+    cfg: Config
+    checkpoint: Path
+    sha256: str
+    device: torch.device
+    batch_size: int
+    workers: int = 2
+    precision: str = "auto"
+    transform: Any = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from .data import build_transforms
+
+        self.transform = build_transforms(self.cfg.data, train=False)
+
+    @property
+    def dim(self) -> int:
+        return int(self.cfg.model.embedding_dim)
+
+    def embed(self, table: pd.DataFrame, progress: bool = True) -> np.ndarray:
+        """Embeddings (N, D) float32 L2-normalised of the images ``table["path"]`` lists, in order."""
+        from .embed import embed_table
+
+        return embed_table(self.model, table, self.transform, self.device, self.batch_size, self.workers,
+                           self.precision, self.cfg.train.channels_last, progress)
+
+    def embed_dataset(self, dataset, progress: bool = True) -> np.ndarray:
+        """Embeddings (N, D) of a dataset yielding (image tensor, label), in dataset order."""
+        from .data import build_eval_loader
+        from .embed import embed_dataset
+
+        loader = build_eval_loader(dataset, self.batch_size, self.workers)
+        return embed_dataset(self.model, loader, self.device, self.precision, self.cfg.train.channels_last,
+                             progress)[0]
+
+    def manifest_fields(self, source: str) -> dict:
+        """What an index folder records of the model that embedded it (``check_compatible`` reads the hash)."""
+        return {"checkpoint": str(self.checkpoint.resolve()), "checkpoint_sha256": self.sha256, "source": source,
+                "image_size": self.cfg.data.image_size, "config": to_dict(self.cfg)}
+
+
+def open_embedder(checkpoint: str | Path, device: str = "auto", batch_size: int | None = None, workers: int = 2,
+                  precision: str = "auto", device_flag: str = "--device") -> Embedder:
+    """Load ``checkpoint`` (weights_only) on ``device``; batch_size defaults to the checkpoint's eval.batch_size."""
+    from .checkpoint import load_model
+    from .files import sha256_file
+    from .runtime import resolve_device, resolve_precision
+
+    dev = resolve_device(device, flag=device_flag)
+    resolve_precision(precision, dev, flag="--precision")  # an impossible precision fails before loading
+    model, cfg, _ = load_model(checkpoint, dev)
+    return Embedder(model, cfg, Path(checkpoint), sha256_file(checkpoint), dev,
+                    batch_size or cfg.eval.batch_size, workers, precision)
+
+
+@dataclass
+class Gallery:
+    """An index folder opened for search: FAISS index, metadata rows (row i = id i), manifest."""
+    folder: Path
+    index: Any
+    metadata: pd.DataFrame
+    manifest: dict
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    def check_model(self, embedder: Embedder) -> None:
+        """IndexFormatError unless ``embedder``'s checkpoint built this index (dimension, sha256)."""
+        check_compatible(self.manifest, self.folder, embedder.dim, embedder.sha256)
+
+    def search(self, embeddings: np.ndarray, k: int, nprobe: int | None = None,
+               ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (Nq, k), ids (Nq, k)) of the k nearest items; missing approximate hits have id -1."""
+        set_search_params(self.index, nprobe=nprobe, ef_search=ef_search)
+        return search(self.index, embeddings, k)
+
+    def results(self, scores: np.ndarray, ids: np.ndarray) -> list[pd.DataFrame]:
+        """Per query: rank, score, gallery_id, gallery_path, gallery_label (missing approximate hits dropped)."""
+        paths, labels = self.metadata["path"].to_numpy(), self.metadata["label"].to_numpy()
+        out = []
+        for q in range(len(ids)):
+            found = ids[q] >= 0
+            gid = ids[q][found]
+            out.append(pd.DataFrame({"rank": np.flatnonzero(found) + 1, "score": scores[q][found].astype(float),
+                                     "gallery_id": gid, "gallery_path": paths[gid], "gallery_label": labels[gid]}))
+        return out
+
+
+def open_gallery(folder: str | Path, embedder: Embedder | None = None) -> Gallery:
+    """Load an index folder; with ``embedder``, refuse it unless that checkpoint built it (dimension, sha256)."""
+    gallery = Gallery(Path(folder), *load_index(folder))
+    if embedder is not None:
+        gallery.check_model(embedder)
+    return gallery
+
+
+def build_gallery(embedder: Embedder, embeddings: np.ndarray, metadata: pd.DataFrame, out_dir: str | Path,
+                  source: str, factory: str = "Flat", overwrite: bool = False, append: bool = False,
+                  save_embeddings: bool = False) -> dict:
+    """Write (or append to) the index folder ``out_dir`` with ``embedder``'s provenance; returns its manifest."""
+    return build_index(embeddings, metadata, out_dir, factory=factory, manifest_extra=embedder.manifest_fields(source),
+                       overwrite=overwrite, append=append, save_embeddings=save_embeddings)

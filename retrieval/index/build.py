@@ -1,0 +1,71 @@
+"""Build an index folder from embeddings and metadata, or append to one."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import IndexFormatError
+from ..files import atomic_dir
+from ..runtime import versions
+from ..vectors import check_embeddings
+from .factory import create_index
+from .folder import EMBEDDINGS_FILE, check_compatible, load_index, new_manifest, normalise_metadata, now, write_folder
+
+log = logging.getLogger(__name__)
+
+
+def _appended(folder: Path, x: np.ndarray, meta: pd.DataFrame, manifest_extra: dict, save_embeddings: bool):
+    """Index, metadata, manifest and embeddings of ``folder`` with the new entries added."""
+    index, old_meta, manifest = load_index(folder)
+    if manifest.get("ondisk"):
+        raise IndexFormatError(f"{folder}: an on-disk merged index cannot be appended to; build a new shard instead")
+    check_compatible(manifest, folder, x.shape[1], manifest_extra.get("checkpoint_sha256"))
+    seen = set(old_meta["path"])
+    dup = int(meta["path"].isin(seen).sum())
+    if dup:
+        log.warning("append: %d of %d images are already in %s; they get a second entry", dup, len(meta), folder)
+    old_emb = None
+    if (folder / EMBEDDINGS_FILE).is_file():
+        old_emb = np.load(folder / EMBEDDINGS_FILE)
+    elif save_embeddings:
+        raise IndexFormatError(f"{folder}: has no {EMBEDDINGS_FILE}, so --save-embeddings cannot cover the "
+                               f"{index.ntotal} entries already indexed; rebuild with --save-embeddings --overwrite")
+    index.add(x)
+    meta = normalise_metadata(pd.concat([old_meta.drop(columns="id", errors="ignore"), meta], ignore_index=True),
+                              index.ntotal)
+    manifest.update({k: v for k, v in manifest_extra.items() if k not in ("created",)})
+    manifest.update(count=int(index.ntotal), updated=now(), versions=versions())
+    embeddings = None if old_emb is None else np.concatenate([old_emb, x])
+    return index, meta, manifest, embeddings
+
+
+def build_index(embeddings: np.ndarray, metadata: pd.DataFrame, out_dir: str | Path, *, factory: str = "Flat",
+                manifest_extra: dict | None = None, overwrite: bool = False, append: bool = False,
+                save_embeddings: bool = False) -> dict:
+    """Write (or append to) an index folder; returns its manifest.
+
+    embeddings: (N, dim) float32 L2-normalised; metadata: N rows in the same order with at
+    least ``path`` (``label``, ``split`` and other columns kept). ``append`` adds to the folder's
+    existing index (same dim and ``manifest_extra["checkpoint_sha256"]`` required); the factory
+    is then the existing one. Nothing is written when anything fails.
+    """
+    out_dir = Path(out_dir)
+    x = check_embeddings(embeddings)
+    extra = dict(manifest_extra or {})
+    meta = normalise_metadata(metadata, len(x))
+    if append and out_dir.exists():
+        index, meta, manifest, stored = _appended(out_dir, x, meta.drop(columns="id"), extra, save_embeddings)
+    else:
+        if out_dir.exists() and not overwrite:
+            raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it or --append to add to it")
+        index = create_index(factory, x)
+        index.add(x)
+        manifest = new_manifest(index, factory, extra)
+        stored = x if save_embeddings else None
+    with atomic_dir(out_dir, overwrite=True) as tmp:
+        write_folder(tmp, index, meta, manifest, stored)
+    log.info("wrote %s: %d vectors of dim %d (%s)", out_dir, index.ntotal, index.d, manifest["factory"])
+    return manifest

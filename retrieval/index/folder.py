@@ -1,0 +1,200 @@
+"""The index folder format: file names, manifest, metadata table, reading, writing, checks.
+
+Folder layout (DESIGN.md "Index folder")::
+
+    index.faiss     faiss.write_index of an inner-product index over L2-normalised embeddings
+    index.ivfdata   on-disk inverted lists of a merged sharded index (``shards.py``), else absent
+    metadata.csv    one row per index entry, in index order: id, path, label, split (+ extra columns);
+                    label is text ("" when unknown)
+    manifest.json   format, dim, count, metric, factory, normalised, index_bytes, created, versions,
+                    plus what the caller adds (checkpoint path, checkpoint_sha256, its config)
+    embeddings.npy  optional (N, dim) float32 copy of the embeddings, row i = id i
+
+This module is the only one that knows these files. A folder is written into a temporary
+folder and renamed into place (retrieval.files.atomic_dir): a crash leaves the previous
+index or none.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from ..errors import IndexFormatError
+from ..runtime import versions
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "index.faiss"
+IVFDATA_FILE = "index.ivfdata"
+METADATA_FILE = "metadata.csv"
+MANIFEST_FILE = "manifest.json"
+EMBEDDINGS_FILE = "embeddings.npy"
+FORMAT = "retrieval-index/1"
+
+
+@contextlib.contextmanager
+def in_dir(folder: str | Path) -> Iterator[None]:
+    """Run with ``folder`` as working directory (FAISS resolves the stored .ivfdata name against it)."""
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def now() -> str:
+    """UTC time stamp of the manifest's created / updated fields."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def new_manifest(index: faiss.Index, factory: str, extra: dict | None = None, **fields: Any) -> dict:
+    """The manifest of a new folder holding ``index`` (built from ``factory``), plus ``fields`` and ``extra``."""
+    return {"format": FORMAT, "dim": int(index.d), "count": int(index.ntotal), "metric": "inner_product",
+            "factory": factory, "normalised": True, **fields, "created": now(), "versions": versions(),
+            **(extra or {})}
+
+
+def _label_text(values: pd.Series) -> pd.Series:
+    """Labels as text, "" when unknown (ints stay "12", not "12.0", even next to missing values)."""
+    def one(v: Any) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+            return ""
+        if isinstance(v, (float, np.floating)) and float(v).is_integer():
+            return str(int(v))
+        return str(v)
+    return pd.Series([one(v) for v in values], index=values.index, dtype=object)
+
+
+def normalise_metadata(metadata: pd.DataFrame, count: int) -> pd.DataFrame:
+    """Metadata in the stored form: columns id, path, label (text), split (+ others), one row per entry."""
+    if "path" not in metadata.columns:
+        raise ValueError(f"metadata: needs a 'path' column, got {list(metadata.columns)}")
+    if len(metadata) != count:
+        raise ValueError(f"metadata: {len(metadata)} rows for {count} embeddings")
+    meta = metadata.drop(columns=[c for c in ("id",) if c in metadata.columns]).reset_index(drop=True)
+    meta["path"] = meta["path"].astype(str)
+    meta["label"] = _label_text(meta["label"]) if "label" in meta.columns else ""
+    meta["split"] = meta["split"].fillna("").astype(str) if "split" in meta.columns else ""
+    meta.insert(0, "id", np.arange(count, dtype=np.int64))
+    first = ["id", "path", "label", "split"]
+    return meta[first + [c for c in meta.columns if c not in first]]
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """The manifest of an index folder (IndexFormatError naming the file when missing or not JSON)."""
+    path = Path(folder) / MANIFEST_FILE
+    if not Path(folder).is_dir():
+        raise IndexFormatError(f"index folder not found: {folder}")
+    if not path.is_file():
+        raise IndexFormatError(f"{path}: missing; {folder} is not an index folder written by build_index")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise IndexFormatError(f"{path}: not valid JSON ({err})") from None
+    missing = [k for k in ("dim", "count", "metric", "factory") if k not in manifest]
+    if not isinstance(manifest, dict) or missing:
+        raise IndexFormatError(f"{path}: not an index manifest (missing keys: {', '.join(missing)})")
+    return manifest
+
+
+def _read_faiss(path: Path, manifest: dict) -> faiss.Index:
+    if not path.is_file():
+        raise IndexFormatError(f"{path}: missing")
+    size = path.stat().st_size
+    expected = manifest.get("index_bytes")
+    if expected is not None and size != expected:
+        raise IndexFormatError(f"{path}: {size:,} bytes but the manifest records {expected:,}: "
+                               "the file is truncated or was replaced")
+    if manifest.get("ondisk"):
+        return _read_ondisk(path, manifest)
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as err:
+        raise IndexFormatError(f"{path}: FAISS cannot read it (truncated or not a FAISS index): "
+                               f"{str(err).strip().splitlines()[-1]}") from None
+
+
+def _read_ondisk(path: Path, manifest: dict) -> faiss.Index:
+    """A merged index whose lists live in index.ivfdata beside it (retrieval.index.shards)."""
+    data = path.parent / IVFDATA_FILE
+    if not data.is_file():
+        raise IndexFormatError(f"{data}: missing (the inverted lists of the on-disk index {path})")
+    if manifest.get("ivfdata_bytes") is not None and data.stat().st_size != manifest["ivfdata_bytes"]:
+        raise IndexFormatError(f"{data}: {data.stat().st_size:,} bytes but the manifest records "
+                               f"{manifest['ivfdata_bytes']:,}: the file is truncated or was replaced")
+    try:
+        # Plain read: OnDiskInvertedLists memory-maps index.ivfdata by itself, so the lists stay on
+        # disk. IO_FLAG_MMAP would segfault on the first search with faiss-cpu 1.15.1
+        # (tests/index/test_shards.py). The stored .ivfdata name is relative to the folder.
+        with in_dir(path.parent):
+            return faiss.read_index(path.name)
+    except RuntimeError as err:
+        raise IndexFormatError(f"{path}: FAISS cannot read the on-disk index: "
+                               f"{str(err).strip().splitlines()[-1]}") from None
+
+
+def _read_metadata(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise IndexFormatError(f"{path}: missing")
+    try:
+        meta = pd.read_csv(path, dtype={"path": str, "label": str, "split": str}, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise IndexFormatError(f"{path}: not a readable CSV ({err})") from None
+    if "path" not in meta.columns:
+        raise IndexFormatError(f"{path}: no 'path' column (found {list(meta.columns)})")
+    return meta
+
+
+def load_index(folder: str | Path) -> tuple[faiss.Index, pd.DataFrame, dict]:
+    """(index, metadata, manifest) of an index folder; every inconsistency is an IndexFormatError naming the file."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    index = _read_faiss(folder / INDEX_FILE, manifest)
+    meta = _read_metadata(folder / METADATA_FILE)
+    if index.d != manifest["dim"]:
+        raise IndexFormatError(f"{folder / INDEX_FILE}: dimension {index.d} but {MANIFEST_FILE} says {manifest['dim']}")
+    if index.ntotal != manifest["count"]:
+        raise IndexFormatError(f"{folder / INDEX_FILE}: {index.ntotal} vectors but {MANIFEST_FILE} says "
+                               f"{manifest['count']}")
+    if len(meta) != index.ntotal:
+        raise IndexFormatError(f"{folder / METADATA_FILE}: {len(meta)} rows but {INDEX_FILE} holds "
+                               f"{index.ntotal} vectors (one row per index entry expected)")
+    return index, meta, manifest
+
+
+def check_compatible(manifest: dict, folder: str | Path, dim: int, checkpoint_sha256: str | None) -> None:
+    """IndexFormatError unless the index was built by this model: same embedding dim and checkpoint hash."""
+    if manifest["dim"] != dim:
+        raise IndexFormatError(f"{Path(folder) / MANIFEST_FILE}: index has dimension {manifest['dim']} but the model "
+                               f"embeds to {dim}; it was built by another model")
+    stored = manifest.get("checkpoint_sha256")
+    if checkpoint_sha256 is not None and stored is not None and stored != checkpoint_sha256:
+        raise IndexFormatError(
+            f"{Path(folder) / MANIFEST_FILE}: index was built with checkpoint sha256 {stored[:12]}… "
+            f"({manifest.get('checkpoint', '?')}) but this checkpoint is {checkpoint_sha256[:12]}…; "
+            "embeddings of different models are not comparable (rebuild the index)")
+
+
+def write_folder(tmp: Path, index: faiss.Index, meta: pd.DataFrame, manifest: dict,
+                  embeddings: np.ndarray | None) -> None:
+    """Write the folder's files into ``tmp`` (the temporary folder ``atomic_dir`` renames) and fsync them."""
+    faiss.write_index(index, str(tmp / INDEX_FILE))
+    manifest["index_bytes"] = (tmp / INDEX_FILE).stat().st_size
+    meta.to_csv(tmp / METADATA_FILE, index=False)
+    if embeddings is not None:
+        np.save(tmp / EMBEDDINGS_FILE, embeddings)
+    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    for name in os.listdir(tmp):
+        with open(tmp / name, "rb") as fh:
+            os.fsync(fh.fileno())

@@ -1,0 +1,115 @@
+"""The package's shape: imports run one way (no cycles), the training loop stays in small functions."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "retrieval"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _type_checking_lines(tree: ast.Module) -> set[int]:
+    """Lines inside ``if TYPE_CHECKING:`` blocks: annotations only, no import at run time."""
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            for inner in node.body:
+                lines.update(range(inner.lineno, (inner.end_lineno or inner.lineno) + 1))
+    return lines
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module → the ``retrieval`` modules it imports at run time (module level and inside functions)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        skip = _type_checking_lines(tree)
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        targets: set[str] = set()
+        for node in ast.walk(tree):
+            if getattr(node, "lineno", None) in skip:
+                continue
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1] if node.level else []
+                stem = ".".join(base + ([node.module] if node.module else []))
+                for alias in node.names:
+                    full = f"{stem}.{alias.name}"
+                    targets.add(full if full in modules else stem)
+            elif isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def _is_package_init_edge(a: str, b: str) -> bool:
+    # A package's __init__ re-exports its modules, and they import siblings through ``.``:
+    # that is Python's package mechanism, not a dependency between concepts.
+    return a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def test_import_graph_has_no_cycles():
+    graph = import_graph()
+    concepts = {m: {t for t in ts if not _is_package_init_edge(m, t)} for m, ts in graph.items()}
+    assert _cycle(concepts) is None, " → ".join(_cycle(concepts))
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_pure_parts_stay_pure():
+    graph = import_graph()
+    reach = {}
+
+    def closure(m: str) -> set[str]:
+        if m not in reach:
+            reach[m] = set()
+            for t in graph[m]:
+                reach[m] |= {t} | closure(t)
+        return reach[m]
+
+    assert not any(m.startswith(("retrieval.data", "retrieval.engine", "retrieval.index")) for m in
+                   closure("retrieval.models.net")), "models must not import data, training or FAISS"
+    assert closure("retrieval.metrics") <= {"retrieval.vectors"}, "metrics takes arrays and knows nothing else"
+    assert not any(m.startswith("retrieval.cli") for m in set().union(*(closure(m) for m in graph
+                                                                         if not m.startswith("retrieval.cli"))))
+
+
+def test_engine_functions_fit_on_a_screen():
+    long = []
+    for path in (PACKAGE / "engine").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 40:
+                    long.append(f"{path.name}:{node.name} ({length} lines)")
+    assert not long, long

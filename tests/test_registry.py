@@ -1,0 +1,130 @@
+"""Registries: every entry builds, the config's allowed values are the registry keys, every shipped config builds."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pytorch_metric_learning import losses as pml_losses
+
+from retrieval.config import CHOICES, LossConfig, OptimConfig, load_config
+from retrieval.data.sources import SOURCES
+from retrieval.errors import ConfigError
+from retrieval.losses import LOSSES, MINERS, RetrievalLoss, build_miner
+from retrieval.models import build_model
+from retrieval.models.backbone import BACKBONES, build_resnet
+from retrieval.models.cbam import ARRANGEMENTS, CBAM, POOLS
+from retrieval.models.cgd import DESCRIPTORS, GlobalDescriptor
+from retrieval.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
+from retrieval.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_choices_are_the_registry_keys():
+    assert CHOICES["loss.name"] is LOSSES and CHOICES["loss.miner"] is MINERS
+    assert CHOICES["optim.name"] is OPTIMIZERS and CHOICES["optim.scheduler"] is SCHEDULES
+    assert CHOICES["model.backbone"] is BACKBONES and CHOICES["data.name"] is SOURCES
+    assert CHOICES["model.cbam_pool"] is POOLS and CHOICES["model.cbam_arrangement"] is ARRANGEMENTS
+
+
+def test_a_new_entry_is_a_valid_config_value():
+    LOSSES.register("contrastive_test")(LOSSES["triplet"])
+    try:
+        cfg = load_config(None, ["loss.name=contrastive_test", "loss.args.margin=0.3"])
+        assert cfg.loss.args["margin"] == 0.3
+    finally:
+        del LOSSES._entries["contrastive_test"]
+    with pytest.raises(ConfigError, match="loss.name: 'contrastive_test' is not one of triplet"):
+        load_config(None, ["loss.name=contrastive_test"])
+
+
+def test_registry_refuses_a_name_twice_and_names_the_key():
+    reg = Registry("x.kind", {"a": 1})
+    with pytest.raises(ValueError, match="twice"):
+        reg.register("a")(2)
+    with pytest.raises(ConfigError, match="x.kind: 'b' is not one of a"):
+        reg["b"]
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_every_loss_builds_with_its_defaults(name):
+    loss = RetrievalLoss(LossConfig(name=name, miner="none"), num_classes=4, embedding_dim=8)
+    assert isinstance(loss.metric, LOSSES[name].cls)
+    for arg, value in LOSSES[name].defaults.items():
+        stored = np.degrees(loss.metric.margin) if (name, arg) == ("arcface", "margin") else getattr(loss.metric, arg)
+        assert stored == pytest.approx(value), arg  # PML keeps ArcFace's margin in radians
+    emb = torch.nn.functional.normalize(torch.randn(8, 8), dim=1)
+    assert torch.isfinite(loss(emb, None, torch.arange(4).repeat(2)).total)
+
+
+@pytest.mark.parametrize("name", list(MINERS))
+def test_every_miner_builds(name):
+    miner = build_miner(LossConfig(miner=name))
+    assert (miner is None) == (MINERS[name].cls is None)
+
+
+def test_loss_args_are_checked_against_the_chosen_loss():
+    with pytest.raises(ConfigError, match=r"loss.args.alpha: not an argument .*allowed: margin, smooth_loss, swap"):
+        load_config(None, ["loss.name=triplet", "loss.args.alpha=3"])
+    with pytest.raises(ConfigError, match="loss.args.margin: must be >= 0"):
+        load_config(None, ["loss.args.margin=-1"])
+    with pytest.raises(ConfigError, match="loss.args.alpha: expected float"):
+        load_config(None, ["loss.name=proxy_anchor", "loss.args.alpha=big"])
+    cfg = load_config(None, ["loss.name=proxy_anchor", "loss.args.alpha=16"])
+    assert cfg.loss.args == {"margin": 0.1, "alpha": 16.0}  # the resolved config says every value used
+
+
+def test_old_loss_keys_migrate_with_their_meaning(caplog):
+    cfg = load_config(None, ["loss.name=arcface", "loss.margin=0.5", "loss.alpha=30"])
+    assert cfg.loss.args == {"margin": 0.5, "scale": 30.0}
+    assert "loss.args" in caplog.text
+    ms = load_config(None, ["loss.name=multi_similarity", "loss.ms_beta=40"])
+    assert ms.loss.args == {"alpha": 2.0, "beta": 40.0, "base": 0.5}
+    semi = load_config(None, ["loss.name=triplet", "loss.miner=semi_hard", "loss.margin=0.2"])
+    assert semi.loss.args["margin"] == 0.2 and semi.loss.miner_args == {"margin": 0.2}
+    with pytest.raises(ConfigError, match="loss.alpha: does not apply to loss.name=triplet"):
+        load_config(None, ["loss.alpha=5"])
+
+
+def test_semi_hard_miner_follows_the_triplet_margin_unless_told():
+    assert load_config(None, ["loss.miner=semi_hard", "loss.args.margin=0.3"]).loss.miner_args == {"margin": 0.3}
+    own = load_config(None, ["loss.miner=semi_hard", "loss.args.margin=0.3", "loss.miner_args.margin=0.05"])
+    assert own.loss.miner_args == {"margin": 0.05}
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_optimizer_and_schedule_builds(name):
+    model = torch.nn.Linear(2, 2)
+    for schedule in SCHEDULES:
+        cfg = OptimConfig(name=name, scheduler=schedule, lr=0.1)
+        opt = build_optimizer(cfg, model, torch.nn.Module(), 1.0)
+        sched = build_scheduler(cfg, opt, steps_per_epoch=2, epochs=2)
+        opt.step()
+        sched.step()
+        assert 0 <= opt.param_groups[0]["lr"] <= 0.1
+
+
+def test_every_backbone_descriptor_pool_and_arrangement_builds():
+    for arch in BACKBONES:
+        assert build_resnet(arch).layer1[0].__class__ is BACKBONES[arch][0]
+    feats = torch.rand(2, 8, 4, 4)
+    assert all(GlobalDescriptor(kind)(feats).shape == (2, 8) for kind in DESCRIPTORS)
+    for pool in POOLS:
+        for arrangement in ARRANGEMENTS:
+            assert CBAM(8, reduction=2, pool=pool, arrangement=arrangement)(feats).shape == feats.shape
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_builds_into_objects(path):
+    cfg = load_config(path)
+    model = build_model(cfg.model, num_classes=7, load_weights=False)  # ImageNet weights cannot be fetched here
+    loss = RetrievalLoss(cfg.loss, num_classes=7, embedding_dim=cfg.model.embedding_dim)
+    optimizer = build_optimizer(cfg.optim, model, loss, cfg.loss.proxy_lr_mult)
+    build_scheduler(cfg.optim, optimizer, steps_per_epoch=3, epochs=cfg.train.epochs)
+    assert model.embedding_dim == cfg.model.embedding_dim and model.head.descriptors == cfg.model.descriptors
+    assert isinstance(loss.metric, LOSSES[cfg.loss.name].cls)
+    assert cfg.data.name in SOURCES
+    if cfg.loss.name == "proxy_anchor":
+        assert isinstance(loss.metric, pml_losses.ProxyAnchorLoss) and len(optimizer.param_groups) == 2
