@@ -47,7 +47,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def checkpoint_config(state: dict[str, Any], path: str | Path = "checkpoint") -> Config:
     """The resolved Config stored in a checkpoint."""
     try:
-        return config_from_dict(state["config"], quiet_migration=True)
+        return config_from_dict(state["config"], stored=True)
     except ConfigError as err:
         raise CheckpointError(f"{path}: stored config is not valid for this version: {err}") from None
 

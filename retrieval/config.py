@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import logging
 import types
 import typing
@@ -38,6 +40,7 @@ class DataConfig:
     split: str = "classes"  # classes: metric-learning split (disjoint classes); official: CUB's image-level train_test_split.txt
     train_classes: list[int] | None = None  # [first, last] class ids for training; None = the dataset's standard split
     test_classes: list[int] | None = None  # [first, last] class ids for testing; None = the classes not trained on
+    val_classes: int = 0  # training classes held out to choose best.pt on (0 = none: no best.pt)
     crop: bool = False  # crop to bounding boxes (CUB, Cars); CGD's published numbers use crops
     image_size: int = 224  # side of the network input (CGD: 224)
     resize: int = 252  # train: resize to resize×resize, then random crop image_size (CGD: 252 → 224)
@@ -67,6 +70,7 @@ class ModelConfig:
     gem_p: float = 3.0  # GeM exponent (CGD: 3)
     gem_learnable: bool = False  # learn the GeM exponent
     temperature: float = 0.5  # classifier logits divided by τ (CGD §3.3: 0.5)
+    embedding_bn: bool = True  # centre each branch's projection (BN, shift fixed at 0) before its L2 norm; docs/training.md
 
 
 @dataclass
@@ -143,9 +147,18 @@ CHOICES: dict[str, Registry | tuple[str, ...]] = {
 POSITIVE = (
     "data.image_size", "data.resize", "data.batch_size", "data.synthetic_classes",
     "data.synthetic_per_class", "data.synthetic_size", "model.cbam_reduction",
-    "model.embedding_dim", "model.gem_p", "model.temperature", "optim.lr",
-    "train.epochs", "eval.batch_size", "eval.chunk_size",
+    "model.embedding_dim", "model.gem_p", "model.temperature", "optim.lr", "optim.gamma",
+    "loss.proxy_lr_mult", "train.epochs", "eval.batch_size", "eval.chunk_size",
 )
+
+# Keys whose value must be >= 0.
+NON_NEGATIVE = (
+    "data.num_workers", "data.val_classes", "optim.weight_decay", "optim.momentum", "optim.warmup_epochs",
+    "loss.cls_weight", "train.seed", "train.steps_per_epoch", "train.eval_every", "train.grad_clip",
+)
+
+# train.device: auto, cpu, cuda or cuda:N (whether this machine has it is checked when the run starts).
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 def _suggest(key: str, valid: list[str], prefix: str = "") -> str:
@@ -181,13 +194,18 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+            return number
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -299,8 +317,11 @@ def _validate_data(d: DataConfig) -> None:
         rng = getattr(d, key)
         if rng is not None and (len(rng) != 2 or rng[0] > rng[1]):
             raise ConfigError(f"data.{key}: expected [first, last] with first <= last, got {rng}")
-    if d.num_workers < 0:
-        raise ConfigError(f"data.num_workers: must be >= 0, got {d.num_workers}")
+    if not str(d.root).strip():
+        raise ConfigError("data.root: empty; expected the data set's folder (for data.name=csv: the CSV file)")
+    if d.name == "synthetic" and d.synthetic_classes < 4:
+        raise ConfigError(f"data.synthetic_classes: {d.synthetic_classes} is too few; half the classes train and half "
+                          "test, and each half needs at least 2 (use >= 4)")
 
 
 def _validate_loss(loss: LossConfig) -> None:
@@ -308,8 +329,6 @@ def _validate_loss(loss: LossConfig) -> None:
     loss.miner_args = miner_args(loss)
     if not 0 <= loss.label_smoothing < 1:
         raise ConfigError(f"loss.label_smoothing: must be in [0, 1), got {loss.label_smoothing}")
-    if loss.cls_weight < 0:
-        raise ConfigError(f"loss.cls_weight: must be >= 0, got {loss.cls_weight}")
 
 
 def validate(cfg: Config) -> Config:
@@ -323,6 +342,11 @@ def validate(cfg: Config) -> Config:
     for key in POSITIVE:
         if _get(cfg, key) <= 0:
             raise ConfigError(f"{key}: must be > 0, got {_get(cfg, key)!r}")
+    for key in NON_NEGATIVE:
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {_get(cfg, key)!r}")
+    if not _DEVICE.match(cfg.train.device):
+        raise ConfigError(f"train.device: '{cfg.train.device}' is not one of auto, cpu, cuda, cuda:N")
     _validate_model(cfg.model)
     _validate_data(cfg.data)
     _validate_loss(cfg.loss)
@@ -364,8 +388,11 @@ def migrate_loss(raw: dict, quiet: bool = False) -> dict:
                 raise ConfigError(f"loss.{key}: does not apply to loss.name={name} "
                                   f"(its arguments: {', '.join(LOSSES[name].defaults) if name in LOSSES else '?'})")
             continue
+        elif target in args and args[target] != value:
+            raise ConfigError(f"loss.{key}={value} and loss.args.{target}={args[target]} both set the same argument "
+                              f"of loss.name={name}; keep loss.args.{target}")
         else:
-            args.setdefault(target, value)
+            args[target] = value
         (log.debug if quiet else log.warning)(
             "loss.%s=%s is read as loss.args.%s for loss.name=%s; write loss.args (the old keys meant a "
             "different thing for each loss)", key, value, target, name)
@@ -373,15 +400,26 @@ def migrate_loss(raw: dict, quiet: bool = False) -> dict:
     return raw
 
 
-def config_from_dict(raw: dict, overrides: list[str] | None = None, quiet_migration: bool = False) -> Config:
+# Keys added after earlier versions stored resolved configs (checkpoints, index manifests), with
+# the value those versions used: a stored config without one rebuilds the model it describes.
+STORED_DEFAULTS = {("model", "embedding_bn"): False}
+
+
+def config_from_dict(raw: dict, overrides: list[str] | None = None, stored: bool = False) -> Config:
     """Build and validate a Config from a nested mapping plus overrides.
 
-    quiet_migration: old loss keys (``migrate_loss``) are logged at debug level instead of as a
-    warning (for configs stored in checkpoints, which the user did not write).
+    stored: ``raw`` is a resolved config the library saved (checkpoint, run folder): keys it
+    lacks take their value of the version that wrote it (STORED_DEFAULTS), and old loss keys
+    (``migrate_loss``) are logged at debug level, since the user did not write them.
     """
-    raw = apply_overrides(dict(raw or {}), list(overrides or []))
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in (raw or {}).items()}
+    if stored:
+        for (section, key), value in STORED_DEFAULTS.items():
+            if isinstance(raw.get(section), dict):
+                raw[section].setdefault(key, value)
+    raw = apply_overrides(raw, list(overrides or []))
     if isinstance(raw.get("loss"), dict):
-        raw["loss"] = migrate_loss(raw["loss"], quiet=quiet_migration)
+        raw["loss"] = migrate_loss(raw["loss"], quiet=stored)
     return validate(_build(Config, raw, ""))
 
 
@@ -405,9 +443,16 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if path.resolve() in seen:
         raise ConfigError(f"{path}: 'base' chain loops back to itself")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start}); expected a YAML "
+                          "config") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty; a config needs at least one section (data, model, ...)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}")
     base = raw.pop("base", None)

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from .config import Config
 from .embed import embed_dataset
 from .errors import DataError
+from .embedding_space import mean_norm
 from .metrics import retrieval_metrics
 
 log = logging.getLogger(__name__)
@@ -26,14 +27,8 @@ def _embed(model: torch.nn.Module, dataset: Dataset, cfg: Config, device, progre
     return embed_dataset(model, loader, device, cfg.train.precision, cfg.train.channels_last, progress)
 
 
-def evaluate_splits(model: torch.nn.Module, splits: dict[str, Dataset], cfg: Config, device,
-                    progress: bool = True) -> dict[str, float]:
-    """Recall@K (K = cfg.eval.recall_k) and, with cfg.eval.map_at_r, MAP@R and R-precision.
-
-    splits: 'test' (leave-one-out) or 'query' and 'gallery' (query/gallery); datasets yield
-    (image, label) with labels comparable across query and gallery. 'train' is ignored.
-    """
-    start = time.perf_counter()
+def _test_metrics(model: torch.nn.Module, splits: dict[str, Dataset], cfg: Config, device,
+                  progress: bool) -> tuple[dict[str, float], str]:
     kwargs = dict(ks=cfg.eval.recall_k, chunk_size=cfg.eval.chunk_size, map_at_r=cfg.eval.map_at_r)
     if "test" in splits:
         embeddings, labels = _embed(model, splits["test"], cfg, device, progress)
@@ -41,12 +36,31 @@ def evaluate_splits(model: torch.nn.Module, splits: dict[str, Dataset], cfg: Con
         protocol = f"leave-one-out on {len(labels)} test images"
     elif "query" in splits and "gallery" in splits:
         query, query_labels = _embed(model, splits["query"], cfg, device, progress)
-        gallery, gallery_labels = _embed(model, splits["gallery"], cfg, device, progress)
-        result = retrieval_metrics(query, query_labels, gallery, gallery_labels, **kwargs)
+        embeddings, gallery_labels = _embed(model, splits["gallery"], cfg, device, progress)
+        result = retrieval_metrics(query, query_labels, embeddings, gallery_labels, **kwargs)
         protocol = f"{len(query_labels)} queries against {len(gallery_labels)} gallery images"
     else:
         raise DataError(f"evaluate_splits: expected a 'test' split or 'query' and 'gallery' splits, "
                         f"got {sorted(splits)}")
+    result["mean_norm"] = mean_norm(embeddings)  # of the test (gallery) embeddings: ~0 spread, ~1 a cone
+    return result, protocol
+
+
+def evaluate_splits(model: torch.nn.Module, splits: dict[str, Dataset], cfg: Config, device,
+                    progress: bool = True) -> dict[str, float]:
+    """Recall@K (K = cfg.eval.recall_k), with cfg.eval.map_at_r MAP@R and R-precision, and ``mean_norm``.
+
+    splits: 'test' (leave-one-out) or 'query' and 'gallery' (query/gallery); datasets yield
+    (image, label) with labels comparable across query and gallery. A 'val' split (classes held
+    out of training, ``data.val_classes``) adds the same metrics, leave-one-out, prefixed
+    ``val_``: what ``best.pt`` is chosen on. 'train' is ignored.
+    """
+    start = time.perf_counter()
+    result, protocol = _test_metrics(model, splits, cfg, device, progress)
+    if "val" in splits:
+        val = _test_metrics(model, {"test": splits["val"]}, cfg, device, progress)[0]
+        result.update({f"val_{k}": v for k, v in val.items()})
+        protocol += f"; validation on {len(splits['val'])} images of held-out training classes"
     log.info("evaluation (%s, %.1fs): %s", protocol, time.perf_counter() - start,
              ", ".join(f"{k}={v:.4f}" for k, v in result.items()))
     return result

@@ -1,13 +1,29 @@
-"""Atomic writes and file hashing: outputs are complete or absent, never half-written."""
+"""Atomic writes, writer locks and file hashing: outputs are complete or absent, never half-written.
+
+Temporaries sit beside their target as ``.NAME.<pid>.<random>.tmp`` (folders: ``.tmp`` and,
+while an old folder is being replaced, ``.old``), so a crash leaves only names the project
+recognises; ``remove_stale_temporaries`` deletes those whose process is gone, and nothing else.
+"""
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
+import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+# Temporaries of earlier versions had no pid in their name; they count as stale after this long.
+LEGACY_STALE_S = 3600.0
 
 
 def _fsync_dir(path: Path) -> None:
@@ -21,12 +37,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path in the same folder; on success fsync it and rename it onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -50,32 +70,133 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def replace_dir(new: Path, path: Path) -> None:
+    """Move the complete folder ``new`` onto ``path``; an existing ``path`` is replaced only now.
+
+    A crash in between leaves the old folder (renamed to a ``.old`` temporary beside it) or the
+    new one, never a mix.
+    """
+    _fsync_dir(new)
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".old", dir=path.parent))
+        os.replace(path, old / "x")
+        try:
+            os.replace(new, path)
+        except BaseException:
+            os.replace(old / "x", path)  # the second rename failed: put the old folder back
+            old.rmdir()
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, path)
+    _fsync_dir(path.parent)
+
+
+def staging_dir(path: str | Path) -> Path:
+    """A new empty temporary folder beside ``path`` (to be moved onto it with ``replace_dir``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent))
+
+
 @contextmanager
 def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success move it into place.
 
     With ``overwrite`` an existing folder is replaced only after the new one is complete:
-    a crash leaves the old folder or the new one, never a mix.
+    a crash leaves the old folder or the new one, never a mix. Callers decide what may be
+    replaced (an index folder only replaces an index folder).
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = staging_dir(path)
     try:
         yield tmp
-        _fsync_dir(tmp)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / "x")
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        replace_dir(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+_TEMP = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[A-Za-z0-9_]+\.(?:tmp|old)$")
+
+
+def is_temporary(name: str, targets: tuple[str, ...]) -> bool:
+    """True for the name of a temporary this module makes for one of ``targets``."""
+    match = _TEMP.match(name)
+    return match is not None and match["name"] in targets
+
+
+def remove_stale_temporaries(folder: str | Path, names: tuple[str, ...]) -> list[Path]:
+    """Delete the temporaries of the targets ``names`` in ``folder`` left by processes that are gone.
+
+    Returns what was removed. A temporary of a running process, or a legacy one (no pid in its
+    name) younger than LEGACY_STALE_S, is kept; files of other names are never touched.
+    """
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _TEMP.match(entry.name)
+        if match is None or match["name"] not in names:
+            continue
+        pid = match["pid"]
+        if pid is not None and (int(pid) == os.getpid() or _pid_alive(int(pid))):
+            continue
+        if pid is None and time.time() - entry.lstat().st_mtime < LEGACY_STALE_S:
+            continue
+        target = folder / match["name"]
+        if entry.name.endswith(".old") and (entry / "x").exists() and not target.exists():
+            # killed between the two renames of replace_dir: the old folder is the only copy
+            os.replace(entry / "x", target)
+            log.warning("restored %s from %s (a replacement was interrupted)", target, entry.name)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    if removed:
+        log.info("removed %d stale temporar%s in %s: %s", len(removed), "y" if len(removed) == 1 else "ies",
+                 folder, ", ".join(p.name for p in removed[:5]))
+    return removed
+
+
+@contextmanager
+def writer_lock(path: str | Path, what: str = "writer") -> Iterator[None]:
+    """Hold an exclusive ``fcntl`` lock on ``.NAME.lock`` beside ``path`` (waits for another writer).
+
+    The lock file sits beside the target, not inside it, because writers replace the whole
+    folder: a lock inside would vanish with the old folder. Readers take no lock; they see the
+    old folder or the new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.parent / f".{path.name}.lock"
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            log.warning("%s: waiting for another %s to finish", path, what)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def sha256_file(path: str | Path, block: int = 1 << 20) -> str:

@@ -103,11 +103,16 @@ def test_evaluate_splits_both_protocols(model, images):
     cfg.train.precision, cfg.train.channels_last = "fp32", False  # fast path covered above
     ref = reference(model, x)
     got = evaluate_splits(model, {"train": None, "test": TensorDataset(x, y)}, cfg, "cpu", progress=False)
+    assert got.pop("mean_norm") == pytest.approx(float(np.linalg.norm(ref.mean(axis=0))), abs=1e-5)
     assert got == pytest.approx(retrieval_metrics(ref, y.numpy(), ks=(1, 2)), abs=1e-6)
     assert set(got) == {"recall@1", "recall@2", "map@r", "r_precision"}
     split = {"query": TensorDataset(x[:8], y[:8]), "gallery": TensorDataset(x[8:], y[8:])}
     got = evaluate_splits(model, split, cfg, "cpu", progress=False)
+    assert got.pop("mean_norm") == pytest.approx(float(np.linalg.norm(ref[8:].mean(axis=0))), abs=1e-5)  # gallery
     assert got == pytest.approx(retrieval_metrics(ref[:8], y[:8].numpy(), ref[8:], y[8:].numpy(), ks=(1, 2)),
                                 abs=1e-6)
+    val = evaluate_splits(model, {"test": TensorDataset(x[8:], y[8:]), "val": TensorDataset(x[:8], y[:8])}, cfg,
+                          "cpu", progress=False)
+    assert val["val_recall@1"] == pytest.approx(retrieval_metrics(ref[:8], y[:8].numpy(), ks=(1,))["recall@1"])
     with pytest.raises(DataError, match="expected a 'test' split"):
         evaluate_splits(model, {"train": None, "query": split["query"]}, cfg, "cpu")

@@ -67,12 +67,13 @@ def main(args: argparse.Namespace) -> int:
     if args.split and not args.dataset_config:
         raise ConfigError("--split only applies to --dataset-config")
     from ..gallery import build_gallery
-    from ..index import check_compatible, check_factory, read_manifest
+    from ..index import check_compatible, check_factory, check_replaceable, read_manifest
 
     out = Path(args.out)
     appending = args.append and out.exists()
     if out.exists() and not (args.append or args.overwrite):
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it or --append to add to it")
+    check_replaceable(out)  # --overwrite / --append only ever touch an index folder of this project
     table = None if args.dataset_config else _source_table(args)  # missing files fail before the model loads
     embedder = open_embedder_from(args)
     factory = args.index_type or "Flat"

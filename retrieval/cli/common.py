@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import logging
 import sys
+import traceback
 from typing import Callable
 
 from ..config import Config, load_config, to_yaml
-from ..errors import RetrievalError
+from ..errors import ConfigError, RetrievalError
 from ..progress import set_progress
 
 log = logging.getLogger("retrieval")
@@ -53,10 +55,19 @@ def open_embedder_from(args: argparse.Namespace):
     """The checkpoint of ``--checkpoint`` ready to embed, with the embedding flags applied."""
     from ..gallery import open_embedder
 
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size: expected >= 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise ConfigError(f"--workers: expected >= 0, got {args.workers}")
     return open_embedder(args.checkpoint, args.device, args.batch_size, args.workers, args.precision)
 
 
+_verbose = False  # set by setup_logging: -v shows the traceback the one-line error hides
+
+
 def setup_logging(args: argparse.Namespace) -> None:
+    global _verbose
+    _verbose = bool(getattr(args, "verbose", False))
     level = logging.WARNING if getattr(args, "quiet", False) else (
         logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -101,16 +112,45 @@ def command(build_parser: Callable[[], argparse.ArgumentParser]):
     return wrap
 
 
+# Errors of the file system that a user fixes (a path, a permission, a full disk), not bugs.
+USER_OS_ERRORS = (errno.ENOENT, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                  errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP)
+
+
+def _os_message(err: OSError) -> str:
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or err}" + (" (free some space or choose another output folder)"
+                                               if err.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+
+
 def cli_main(fn: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
-    """Wrap a command: user errors print 'error: ...' to stderr and exit 2; Ctrl-C exits 130."""
+    """Wrap a command's ``main(argv)``: one ``error: ...`` line and exit 2 for bad input; Ctrl-C exits 130.
+
+    Bad input: the library's RetrievalError, a file that exists or not, and OS errors a user
+    fixes (permissions, read-only or full disks). Anything else is a bug: one line saying so
+    and exit 1, or the whole traceback with -v.
+    """
     @functools.wraps(fn)
     def wrapper(argv: list[str] | None = None) -> int:
         try:
             return int(fn(argv) or 0)
         except (RetrievalError, FileNotFoundError, FileExistsError) as err:
+            if _verbose:
+                traceback.print_exc(file=sys.stderr)
             print(f"error: {err}", file=sys.stderr)
+            return 2
+        except OSError as err:
+            if err.errno not in USER_OS_ERRORS or _verbose:
+                raise
+            print(f"error: {_os_message(err)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        except Exception as err:  # noqa: BLE001 - the last line of defence of a command
+            if _verbose:
+                raise
+            print(f"error: internal error ({type(err).__name__}: {err}); run again with -v for the traceback",
+                  file=sys.stderr)
+            return 1
     return wrapper

@@ -53,7 +53,8 @@ def _untrained_metrics(cfg) -> dict[str, float]:
     splits = build_splits(cfg.data)
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model, num_classes=splits["train"].num_classes)
-    return evaluate_splits(model.eval(), splits, cfg, torch.device("cpu"), progress=False)
+    test = {k: v for k, v in splits.items() if k != "val"}  # the table compares test metrics
+    return evaluate_splits(model.eval(), test, cfg, torch.device("cpu"), progress=False)
 
 
 def _query_images(index_dir: Path, count: int) -> list[str]:
@@ -89,6 +90,16 @@ def _pictures(out: Path, cfg, checkpoint: Path, queries: list[str]) -> list[Path
     return made
 
 
+def _reported_checkpoint(run_dir: Path, cfg) -> tuple[Path, str]:
+    """best.pt when validation classes chose one (never the test classes), else the last epoch's model."""
+    best = run_dir / "best.pt"
+    if best.is_file():
+        epoch = read_checkpoint(best)["epoch"]
+        return best, (f"best.pt: epoch {epoch} of {cfg.train.epochs}, chosen on {cfg.data.val_classes} validation "
+                      "classes held out of training")
+    return run_dir / "last.pt", f"last.pt: epoch {cfg.train.epochs}, no selection"
+
+
 def _step(command, argv: list[str]) -> None:
     """Run one of the project's commands; its error message is already printed when it fails."""
     code = command(argv)
@@ -122,7 +133,7 @@ def main(args: argparse.Namespace) -> int:
     print("== 2/5 training ==")
     _step(train_cli.main, ["--config", args.config, *overrides] + (["-q"] if args.quiet else []))
     stamps["train_s"] = time.perf_counter() - start - sum(stamps.values())
-    checkpoint = out / "train" / "best.pt"
+    checkpoint, chosen = _reported_checkpoint(out / "train", cfg)
 
     print("== 3/5 index of the unseen test classes ==")
     index_dir = out / "index"
@@ -133,17 +144,18 @@ def main(args: argparse.Namespace) -> int:
     queries = _query_images(index_dir, 6)
     _step(query_cli.main, ["--checkpoint", str(checkpoint), "--index", str(index_dir), "-k", "5", *queries,
                     "--grid", str(out / "grid.png"), "-q"])
-    trained = {k: float(v) for k, v in read_checkpoint(checkpoint)["metrics"].items()}
+    trained = {k: float(v) for k, v in read_checkpoint(checkpoint)["metrics"].items() if not k.startswith("val_")}
 
     print("== 5/5 results ==")
     pictures = _pictures(out, cfg, checkpoint, queries)
     total = time.perf_counter() - start
     table = _table(untrained, trained)
     print(f"Recall@K on {cfg.data.synthetic_classes // 2} unseen test classes (leave-one-out), "
-          f"untrained vs trained ({cfg.train.epochs} epochs, best.pt):\n{table}")
+          f"untrained vs trained ({chosen}):\n{table}")
     print(f"pictures: {', '.join(str(p) for p in [out / 'grid.png', *pictures])}")
     print(f"demo took {total:.0f} s (training {stamps['train_s']:.0f} s); everything is under {out}/")
-    result = {"untrained": untrained, "trained": trained, "seconds": {**stamps, "total_s": total},
+    result = {"untrained": untrained, "trained": trained, "checkpoint": str(checkpoint), "selection": chosen,
+              "seconds": {**stamps, "total_s": total},
               "config": args.config, "overrides": overrides}
     atomic_write_text(out / "results.md", table + "\n")
     atomic_write_text(out / MARKER, json.dumps(result, indent=2) + "\n")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 from ..config import load_config, to_yaml
 from ..errors import ConfigError
@@ -24,15 +23,28 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     if args.config is None and args.resume is None:
         raise ConfigError("give --config FILE (or --resume RUN_DIR to continue a run)")
+    if args.resume is not None and args.overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces one: give one of them")
     cfg = load_config(args.config, args.overrides) if args.config else None
+    overrides = [] if args.config else args.overrides  # with --resume alone they change the run's own config
     if args.print_config:
-        print(to_yaml(cfg) if cfg is not None else (Path(args.resume) / "config.yaml").read_text(), end="")
+        if args.resume is not None:
+            from ..engine.run import resumed_config
+
+            cfg = resumed_config(args.resume, cfg, overrides)
+        print(to_yaml(cfg), end="")
         return 0
     from ..engine import train
 
-    row = train(cfg, resume=args.resume, overwrite=args.overwrite).row
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite, overrides=overrides)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 reports for the whole run
-    shown = "  ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith(("recall@", "map@r")))
-    print(f"done: epoch {row.get('epoch', '-')}  {shown}")
+    if not result.row:
+        print(f"nothing to train: {result.run_dir} has finished {result.epoch} of {result.epochs} epochs "
+              f"(to continue it: --resume {result.run_dir} train.epochs={result.epochs + 10})")
+        return 0
+    shown = "  ".join(f"{k}={v:.4f}" for k, v in result.row.items() if k.startswith(("recall@", "map@r", "val_recall@")))
+    best = result.run_dir / "best.pt"
+    print(f"done: epoch {result.row['epoch']}/{result.epochs}  {shown}\n"
+          f"model: {result.run_dir / 'last.pt'}" + (f" (best on validation: {best})" if best.is_file() else ""))
     return 0

@@ -2,6 +2,7 @@
 
     retrieval-viz attention --checkpoint runs/cub/best.pt bird1.jpg bird2.jpg --out attention.png
     retrieval-viz curve runs/a/metrics.csv runs/b --labels plain cbam --out recall.png
+    retrieval-viz scores --checkpoint runs/cub/last.pt --out scores.png   # same- vs different-class cosines
 """
 from __future__ import annotations
 
@@ -25,9 +26,44 @@ def build_parser() -> argparse.ArgumentParser:
     curve.add_argument("--labels", nargs="+", metavar="LABEL", help="one legend label per run")
     curve.add_argument("--title", help="picture title")
     curve.add_argument("--out", required=True, metavar="OUT.png", help="picture to write")
-    for p in (att, curve):
+    scores = sub.add_parser("scores", help="cosine scores of same-class vs different-class pairs of a split")
+    scores.add_argument("--checkpoint", required=True, metavar="CKPT", help="trained checkpoint (*.pt)")
+    scores.add_argument("--config", help="YAML config naming the data set (default: the checkpoint's own)")
+    scores.add_argument("--split", default="test", help="split to embed: test (default), val, train, query, gallery")
+    scores.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides (e.g. data.root=...)")
+    scores.add_argument("--out", required=True, metavar="OUT.png", help="picture to write")
+    scores.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    for p in (att, curve, scores):
         add_logging_args(p)
     return parser
+
+
+def _scores(args: argparse.Namespace):
+    """Embed one split of the checkpoint's (or --config's) data and draw its score distributions."""
+    import dataclasses
+
+    from ..config import config_from_dict, load_config
+    from ..data import build_splits
+    from ..errors import DataError
+    from ..gallery import open_embedder
+    from ..viz.scores import score_figure
+
+    embedder = open_embedder(args.checkpoint, args.device, device_flag="--device")
+    cfg = (load_config(args.config, args.overrides) if args.config else
+           config_from_dict(dataclasses.asdict(embedder.cfg), args.overrides, stored=True))
+    data = dataclasses.replace(cfg.data, image_size=embedder.cfg.data.image_size, cache=False,
+                               resize=max(cfg.data.resize, embedder.cfg.data.image_size))
+    splits = build_splits(data)
+    if args.split not in splits:
+        raise DataError(f"--split {args.split}: the data set has splits {', '.join(sorted(splits))}")
+    dataset = splits[args.split]
+    dataset.transform = embedder.transform
+    embeddings = embedder.embed_dataset(dataset, progress=not args.quiet)
+    summary = score_figure(embeddings, dataset.labels, args.out,
+                           title=f"{args.checkpoint}: {args.split} split of {data.name} ({len(dataset)} images)")
+    print(f"same-class mean {summary['same_mean']:.3f}, different-class mean {summary['diff_mean']:.3f}, "
+          f"overlap {summary['overlap']:.2f}, mean-embedding norm {summary['mean_norm']:.3f}")
+    return args.out
 
 
 @command(build_parser)
@@ -48,6 +84,8 @@ def main(args: argparse.Namespace) -> int:
 
         model, cfg, _ = load_model(args.checkpoint, resolve_device(args.device, flag="--device"))
         out = attention_figure(model, args.images, cfg, args.out)
+    elif args.picture == "scores":
+        out = _scores(args)
     else:
         from ..viz import recall_curve
 

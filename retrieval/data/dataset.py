@@ -107,15 +107,18 @@ class PathsDataset(torch.utils.data.Dataset):
 
 
 def build_splits(cfg: DataConfig) -> dict[str, ImageDataset]:
-    """Datasets of the configured source: 'train' and 'test', or 'train', 'query', 'gallery'.
+    """Datasets of the configured source: 'train' and 'test', or 'train', 'query', 'gallery'; plus 'val'
+    when ``data.val_classes`` holds training classes out.
 
     'train' uses the train transform, the others the test transform; query and gallery share
     one label mapping.
     """
     records = load_records(cfg)
-    parts = {name: records[records["split"] == name] for name in ("train", "test", "query", "gallery")}
+    parts = {name: records[records["split"] == name] for name in ("train", "val", "test", "query", "gallery")}
     train_tf, test_tf = build_transforms(cfg, train=True), build_transforms(cfg, train=False)
     out = {"train": ImageDataset(parts["train"], train_tf, crop=cfg.crop)}
+    if len(parts["val"]):
+        out["val"] = ImageDataset(parts["val"], test_tf, crop=cfg.crop)
     if len(parts["query"]) or len(parts["gallery"]):
         shared = np.sort(pd.concat([parts["query"], parts["gallery"]])["label"].unique())
         out["query"] = ImageDataset(parts["query"], test_tf, class_ids=shared, crop=cfg.crop)

@@ -11,6 +11,11 @@ Splitting (``data.split`` / ``data.train_classes`` / ``data.test_classes``):
   test = ``test_classes`` (either one defaults to all classes not in the other).
 - ``official``: the image-level split shipped with the data (CUB ``train_test_split.txt``,
   the Cars196 ``test`` flag, SOP / In-Shop files, a CSV split column, folder sub-trees).
+
+Validation (``data.val_classes: N``): N of the training classes, evenly spaced in id order,
+become the ``val`` split. Model selection (``best.pt``) uses it; the test classes are only
+ever scored (Musgrave et al. 2020, "A Metric Learning Reality Check", §3.3: selecting on the
+test set inflates results).
 """
 from __future__ import annotations
 
@@ -99,6 +104,22 @@ def _check_nonempty(frame: pd.DataFrame, cfg: DataConfig) -> None:
             f"{int(frame['label'].min())}..{int(frame['label'].max())}); set data.train_classes / data.test_classes")
 
 
+def carve_validation(frame: pd.DataFrame, count: int) -> pd.DataFrame:
+    """Move ``count`` training classes (evenly spaced over the sorted train ids) to the ``val`` split."""
+    if count <= 0:
+        return frame
+    ids = np.sort(frame.loc[frame["split"] == "train", "label"].unique())
+    if count > len(ids) - 2:
+        raise DataError(f"data.val_classes: {count} validation classes leave fewer than 2 of the "
+                        f"{len(ids)} training classes to train on")
+    chosen = ids[np.round(np.linspace(0, len(ids) - 1, count)).astype(int)]
+    frame = frame.copy()
+    frame.loc[(frame["split"] == "train") & frame["label"].isin(chosen), "split"] = "val"
+    log.info("validation: %d of %d training classes (ids %s)", count, len(ids),
+             ", ".join(map(str, chosen[:10])) + (" ..." if count > 10 else ""))
+    return frame
+
+
 def load_records(cfg: DataConfig, check_missing: bool = True) -> pd.DataFrame:
     """One row per image of the configured source and split: path, label, split, x1, y1, x2, y2.
 
@@ -111,6 +132,7 @@ def load_records(cfg: DataConfig, check_missing: bool = True) -> pd.DataFrame:
     if cfg.train_classes is None and cfg.test_classes is None:
         check_counts(frame, cfg.name, cfg.split)
     _check_nonempty(frame, cfg)
+    frame = carve_validation(frame, cfg.val_classes)
     if check_missing:
         check_files(frame["path"], str(cfg.root))
     for split, part in frame.groupby("split", sort=False):

@@ -6,6 +6,7 @@ fails in ``setup_run``, before the first training step.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,14 @@ from torch.nn.parallel import DistributedDataParallel
 from ..checkpoint import checkpoint_config, read_checkpoint
 from ..config import Config, save_config, to_dict
 from ..errors import TrainingError
+from ..files import remove_stale_temporaries
 from ..losses import RetrievalLoss
 from ..optim import build_optimizer, build_scheduler
 from ..runtime import resolve_device, resolve_precision
 from ..seeding import seed_everything
 from . import distributed as dist_utils
 from .rng import rng_state, set_rng_state
-from .run_dir import attach_log_file, prepare_run_dir, tensorboard_writer, truncate_metrics
+from .run_dir import WRITTEN, attach_log_file, check_run_dir, prepare_run_dir, recover_run_dir, tensorboard_writer
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,8 @@ class TrainForward(torch.nn.Module):
 class Progress:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed
-    best: float = -1.0  # best Recall@1 so far
+    best: float = -1.0  # best validation Recall@1 so far (-1: none yet, or no validation split)
+    best_epoch: int | None = None  # the epoch best.pt holds
     metrics: dict = field(default_factory=dict)  # last evaluation
 
 
@@ -64,7 +67,8 @@ class Run:
     scaler: torch.amp.GradScaler
     steps_per_epoch: int
     num_classes: int  # classifier outputs (0 without the classification loss)
-    run_dir: Path
+    run_dir: Path  # where the run writes now: the run folder, or its staging folder until the first commit
+    final_dir: Path  # the run folder (train.out_dir)
     progress: Progress = field(default_factory=Progress)
     writer: Any = None  # TensorBoard SummaryWriter (rank 0, when installed)
     log_handler: logging.Handler | None = None
@@ -75,6 +79,7 @@ class Run:
         return {
             "model": self.model.state_dict(), "loss": self.loss.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "epoch": p.epoch, "step": p.step, "best": p.best,
+            "best_epoch": p.best_epoch,
             "config": to_dict(self.cfg), "num_classes": self.num_classes, "metrics": dict(p.metrics),
             "rng": rng_state(),
         }
@@ -87,56 +92,81 @@ class Run:
         self.scheduler.load_state_dict(state["scheduler"])
         p = self.progress
         p.epoch, p.step, p.best = int(state["epoch"]), int(state["step"]), float(state["best"])
+        p.best_epoch = state.get("best_epoch")
         p.metrics = dict(state.get("metrics", {}))
         set_rng_state(state["rng"])
         log.info("resumed at epoch %d (step %d)", p.epoch, p.step)
 
 
-def _resume_config(cfg: Config | None, state: dict, run_dir: Path) -> Config:
-    """The run's own config; a different one passed with --resume is an error listing the keys."""
-    stored = checkpoint_config(state, run_dir / "last.pt")
-    if cfg is None:
-        return stored
-    ignore = {("train", "epochs"), ("train", "out_dir")}  # extending a run is allowed
+# Keys a resumed run may change: they do not change what the checkpoint's weights, optimizer
+# state and data order mean (anything else would make last.pt describe another run).
+RESUMABLE = {("train", "epochs"), ("train", "eval_every"), ("train", "device"), ("train", "out_dir"),
+             ("data", "num_workers"), ("data", "cache"), ("eval", "batch_size"), ("eval", "chunk_size"),
+             ("eval", "recall_k"), ("eval", "map_at_r")}
+
+
+def _resume_config(stored: Config, cfg: Config, run_dir: Path) -> Config:
+    """``cfg`` if it differs from the run's ``stored`` config only in RESUMABLE keys; TrainingError listing the rest."""
     new, old = to_dict(cfg), to_dict(stored)
-    diffs = [f"{s}.{k}: run has {old[s][k]!r}, config has {new[s][k]!r}"
-             for s in old for k in old[s] if (s, k) not in ignore and old[s][k] != new[s].get(k)]
-    if diffs:
-        raise TrainingError(f"--resume {run_dir}: the config differs from the run's:\n  " + "\n  ".join(diffs))
-    stored.train.epochs = cfg.train.epochs
-    return stored
+    diffs = [(s, k) for s in old for k in old[s] if old[s][k] != new[s].get(k)]
+    refused = [f"{s}.{k}: run has {old[s][k]!r}, now {new[s][k]!r}" for s, k in diffs if (s, k) not in RESUMABLE]
+    if refused:
+        allowed = ", ".join(sorted(f"{s}.{k}" for s, k in RESUMABLE))
+        raise TrainingError(f"--resume {run_dir}: these keys differ from the run's and would change what its "
+                            "checkpoint means:\n  " + "\n  ".join(refused) + f"\n(a resumed run may change: {allowed})")
+    for s, k in diffs:
+        if (s, k) != ("train", "out_dir"):
+            log.warning("--resume: %s.%s %r → %r", s, k, old[s][k], new[s][k])
+    return cfg
 
 
-def _run_config(cfg: Config | None, resume: str | Path | None) -> tuple[Config, dict | None]:
+def resumed_config(resume: str | Path, cfg: Config | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """The config a resumed run continues with: ``cfg`` (--config) or the run's own, plus ``overrides``, checked."""
+    from ..config import config_from_dict
+
+    run_dir = Path(resume)
+    stored = checkpoint_config(read_checkpoint(run_dir / "last.pt"), run_dir / "last.pt")
+    if cfg is None:
+        cfg = config_from_dict(to_dict(stored), list(overrides), stored=True)
+    cfg.train.out_dir = str(run_dir)
+    return _resume_config(stored, cfg, run_dir)
+
+
+def _run_config(cfg: Config | None, resume: str | Path | None, overrides) -> tuple[Config, dict | None]:
     """(config, checkpoint state or None): the given config, or the resumed run's (checked against it)."""
     if resume is None:
         if cfg is None:
             raise TrainingError("train: give a config or a run folder to resume")
         return cfg, None
-    run_dir = Path(resume)
-    state = read_checkpoint(run_dir / "last.pt")
-    cfg = _resume_config(cfg, state, run_dir)
-    cfg.train.out_dir = str(run_dir)
-    return cfg, state
+    cfg = resumed_config(resume, cfg, overrides)
+    return cfg, read_checkpoint(Path(resume) / "last.pt")
 
 
-def _open_run_dir(run: Run, overwrite: bool, resumed: bool) -> None:
-    """Rank 0: the run folder, its config.yaml, train.log and TensorBoard writer."""
+def _open_run_dir(run: Run, overwrite: bool, state: dict | None) -> None:
+    """Rank 0: the run folder (repaired on resume), its config.yaml, train.log and TensorBoard writer."""
     if not run.info.is_main:
         return
-    prepare_run_dir(run.run_dir, overwrite=overwrite, resume=resumed)
-    truncate_metrics(run.run_dir / "metrics.csv", run.progress.epoch)
+    run.run_dir = prepare_run_dir(run.final_dir, overwrite=overwrite, resume=state is not None)
+    if state is not None:
+        recover_run_dir(run.run_dir, state)
+    remove_stale_temporaries(run.run_dir, WRITTEN)
+    remove_stale_temporaries(run.final_dir.parent, (run.final_dir.name,))
     save_config(run.cfg, run.run_dir / "config.yaml")
     run.log_handler = attach_log_file(run.run_dir / "train.log")
     run.writer = tensorboard_writer(run.run_dir / "tb")
 
 
-def setup_run(cfg: Config | None, resume: str | Path | None = None, overwrite: bool = False) -> Run:
-    """Build the run: data, model, loss, optimizer, schedule, run folder; restore ``resume``'s last.pt."""
+def setup_run(cfg: Config | None, resume: str | Path | None = None, overwrite: bool = False,
+              overrides: list[str] | tuple = ()) -> Run:
+    """Build the run: data, model, loss, optimizer, schedule, run folder; restore ``resume``'s last.pt.
+
+    overrides: with ``resume`` and no ``cfg``, ``section.key=value`` changes to the run's own config.
+    """
     from ..data import build_splits, build_train_loader
     from ..models import build_model
 
-    cfg, state = _run_config(cfg, resume)
+    cfg, state = _run_config(cfg, resume, overrides)
+    check_run_dir(cfg.train.out_dir, overwrite, resume=state is not None)
     info = dist_utils.init_distributed(cfg.train.device)
     device = dist_utils.device_for(info, resolve_device(cfg.train.device))
     seed_everything(cfg.train.seed + info.rank)
@@ -159,22 +189,28 @@ def setup_run(cfg: Config | None, resume: str | Path | None = None, overwrite: b
               loader=loader, model=model, net=net, loss=loss, optimizer=optimizer,
               scheduler=build_scheduler(cfg.optim, optimizer, steps, cfg.train.epochs),
               scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), steps_per_epoch=steps,
-              num_classes=num_classes, run_dir=Path(cfg.train.out_dir))
+              num_classes=num_classes, run_dir=Path(cfg.train.out_dir), final_dir=Path(cfg.train.out_dir))
     if state is not None:
         run.restore(state)
     dist_utils.broadcast_parameters(loss, info)
-    _open_run_dir(run, overwrite, resumed=state is not None)
+    _open_run_dir(run, overwrite, state)
+    if "val" not in splits:
+        log.info("no validation classes (data.val_classes=0): best.pt is not chosen; the final model is last.pt")
     log.info("training %s on %s (%s, %d train images, %d classes, %d steps/epoch, precision %s, world %d)",
              cfg.model.backbone, device, cfg.data.name, len(splits["train"]), splits["train"].num_classes,
              steps, dtype or "fp32", info.world_size)
     return run
 
 
-def close_run(run: Run) -> None:
-    """Detach the log file, close TensorBoard, leave the process group."""
+def close_run(run: Run, finished: bool) -> None:
+    """Detach the log file, close TensorBoard, leave the process group; drop a staging folder that never replaced
+    the earlier run (the new run failed before its first epoch committed)."""
     if run.log_handler is not None:
         logging.getLogger("retrieval").removeHandler(run.log_handler)
         run.log_handler.close()
     if run.writer is not None:
         run.writer.close()
     dist_utils.shutdown(run.info)
+    if not finished and run.run_dir != run.final_dir and run.run_dir.exists():
+        shutil.rmtree(run.run_dir, ignore_errors=True)
+        log.warning("the new run stopped before its first epoch; %s is unchanged", run.final_dir)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import save_checkpoint
 from ..config import Config
 from ..errors import TrainingError
 from ..losses import LossOutput
@@ -21,7 +20,7 @@ from ..progress import progress
 from ..runtime import autocast
 from . import distributed as dist_utils
 from .run import Run, close_run, setup_run
-from .run_dir import append_metrics
+from .run_dir import commit_epoch, replace_with_staging
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +30,30 @@ class TrainResult:
     row: dict  # the last epoch's metrics.csv row (empty when nothing was left to train)
     model: torch.nn.Module  # the trained network (this rank's copy)
     run_dir: Path
+    epoch: int = 0  # epochs the run has completed
+    epochs: int = 0  # train.epochs
 
 
-def train(cfg: Config | None, resume: str | Path | None = None, overwrite: bool = False) -> TrainResult:
-    """Train from ``cfg`` (or continue the run folder ``resume``); return the last row and the model."""
-    run = setup_run(cfg, resume, overwrite)
+def train(cfg: Config | None, resume: str | Path | None = None, overwrite: bool = False,
+          overrides: list[str] | tuple = ()) -> TrainResult:
+    """Train from ``cfg`` (or continue the run folder ``resume``, with ``overrides`` to its config).
+
+    Returns the last epoch's row (empty when the run had already finished), the model and the run folder.
+    """
+    run = setup_run(cfg, resume, overwrite, overrides)
     row: dict = {}
+    finished = False
     try:
         while run.progress.epoch < run.cfg.train.epochs:
             _set_epoch(run)
             stats = train_one_epoch(run)
             run.progress.epoch += 1
             row = end_of_epoch(run, stats)
+        finished = True
     finally:
-        close_run(run)
-    return TrainResult(row=row, model=run.model, run_dir=run.run_dir)
+        close_run(run, finished)
+    return TrainResult(row=row, model=run.model, run_dir=run.final_dir, epoch=run.progress.epoch,
+                       epochs=run.cfg.train.epochs)
 
 
 def _set_epoch(run: Run) -> None:
@@ -129,16 +137,19 @@ def _evaluate_if_due(run: Run) -> dict:
 
 
 def _write_epoch(run: Run, row: dict, metrics: dict) -> None:
-    """Rank 0: last.pt, best.pt when Recall@min(K) improved, the metrics.csv row, the log line."""
-    key = f"recall@{min(run.cfg.eval.recall_k)}"
+    """Rank 0: last.pt, best.pt when validation Recall@min(K) improved, the metrics.csv row, the log line.
+
+    best.pt is chosen on the validation classes only (``data.val_classes``); without them there is
+    no best.pt: choosing on the test classes would report a selected, inflated number.
+    """
+    key = f"val_recall@{min(run.cfg.eval.recall_k)}"
     improved = key in metrics and metrics[key] > run.progress.best
     if improved:
-        run.progress.best = metrics[key]
-    state = run.checkpoint()
-    save_checkpoint(run.run_dir / "last.pt", state)
-    if improved:
-        save_checkpoint(run.run_dir / "best.pt", state)
-    append_metrics(run.run_dir / "metrics.csv", row)
+        run.progress.best, run.progress.best_epoch = metrics[key], run.progress.epoch
+    commit_epoch(run.run_dir, run.checkpoint(), row, improved)
+    if run.run_dir != run.final_dir:  # --overwrite: the new run now has an epoch to replace the old one with
+        replace_with_staging(run.run_dir, run.final_dir)
+        run.run_dir = run.final_dir
     log.info("epoch %d/%d loss %.4f (%.0f img/s, %.1f s) %s", run.progress.epoch, run.cfg.train.epochs,
              row["loss"], row["images_per_s"], row["epoch_time_s"],
              " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))

@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 
 from ..errors import IndexFormatError
-from ..files import atomic_dir
+from ..files import atomic_dir, remove_stale_temporaries, writer_lock
 from ..runtime import versions
 from ..vectors import check_embeddings
 from .factory import create_index
-from .folder import EMBEDDINGS_FILE, check_compatible, load_index, new_manifest, normalise_metadata, now, write_folder
+from .folder import (EMBEDDINGS_FILE, check_compatible, check_replaceable, load_index, new_manifest,
+                     normalise_metadata, now, write_folder)
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +55,30 @@ def build_index(embeddings: np.ndarray, metadata: pd.DataFrame, out_dir: str | P
     """
     out_dir = Path(out_dir)
     x = check_embeddings(embeddings)
-    extra = dict(manifest_extra or {})
     meta = normalise_metadata(metadata, len(x))
-    if append and out_dir.exists():
-        index, meta, manifest, stored = _appended(out_dir, x, meta.drop(columns="id"), extra, save_embeddings)
-    else:
-        if out_dir.exists() and not overwrite:
-            raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it or --append to add to it")
-        index = create_index(factory, x)
-        index.add(x)
-        manifest = new_manifest(index, factory, extra)
-        stored = x if save_embeddings else None
-    with atomic_dir(out_dir, overwrite=True) as tmp:
-        write_folder(tmp, index, meta, manifest, stored)
+    with writer_lock(out_dir, "index writer"):  # appends read, add and rewrite: one writer at a time
+        if append and out_dir.exists():
+            index, meta, manifest, stored = _appended(out_dir, x, meta.drop(columns="id"), dict(manifest_extra or {}),
+                                                      save_embeddings)
+        else:
+            index, manifest, stored = _new(out_dir, x, meta, factory, manifest_extra, overwrite, save_embeddings)
+        with atomic_dir(out_dir, overwrite=True) as tmp:
+            write_folder(tmp, index, meta, manifest, stored)
+    remove_stale_temporaries(out_dir.parent, (out_dir.name,))
     log.info("wrote %s: %d vectors of dim %d (%s)", out_dir, index.ntotal, index.d, manifest["factory"])
     return manifest
+
+
+def _new(out_dir: Path, x: np.ndarray, meta: pd.DataFrame, factory: str, manifest_extra: dict | None,
+         overwrite: bool, save_embeddings: bool):
+    """Index, manifest and stored embeddings of a new folder (``overwrite`` replaces only an index folder)."""
+    if out_dir.exists() or out_dir.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it or --append to add to it")
+        check_replaceable(out_dir)
+    dup = int(meta["path"].duplicated().sum())
+    if dup:
+        log.warning("%d of %d images are listed more than once; each copy gets its own entry", dup, len(meta))
+    index = create_index(factory, x)
+    index.add(x)
+    return index, new_manifest(index, factory, manifest_extra), (x if save_embeddings else None)

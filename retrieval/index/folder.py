@@ -6,8 +6,9 @@ Folder layout (DESIGN.md "Index folder")::
     index.ivfdata   on-disk inverted lists of a merged sharded index (``shards.py``), else absent
     metadata.csv    one row per index entry, in index order: id, path, label, split (+ extra columns);
                     label is text ("" when unknown)
-    manifest.json   format, dim, count, metric, factory, normalised, index_bytes, created, versions,
-                    plus what the caller adds (checkpoint path, checkpoint_sha256, its config)
+    manifest.json   format, dim, count, metric, factory, normalised, index_bytes, metadata_sha256,
+                    created, versions, plus what the caller adds (checkpoint path, checkpoint_sha256,
+                    its config)
     embeddings.npy  optional (N, dim) float32 copy of the embeddings, row i = id i
 
 This module is the only one that knows these files. A folder is written into a temporary
@@ -30,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import IndexFormatError
+from ..files import sha256_file
 from ..runtime import versions
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ IVFDATA_FILE = "index.ivfdata"
 METADATA_FILE = "metadata.csv"
 MANIFEST_FILE = "manifest.json"
 EMBEDDINGS_FILE = "embeddings.npy"
-FORMAT = "retrieval-index/1"
+FORMAT = "retrieval-index/2"  # /2 adds metadata_sha256; /1 folders (no hash) are still read
 
 
 @contextlib.contextmanager
@@ -156,6 +158,42 @@ def _read_metadata(path: Path) -> pd.DataFrame:
     return meta
 
 
+def _check_metadata_hash(folder: Path, manifest: dict) -> None:
+    """The metadata table is the one the manifest was written with: a swapped row would name the wrong image."""
+    stored = manifest.get("metadata_sha256")
+    if stored is None:
+        if manifest.get("format") != "retrieval-index/1":
+            raise IndexFormatError(f"{folder / MANIFEST_FILE}: no metadata_sha256, so {METADATA_FILE} cannot be "
+                                   "checked; rebuild the index folder")
+        log.warning("%s: written by an earlier version (no metadata hash); %s is not checked", folder, METADATA_FILE)
+        return
+    found = sha256_file(folder / METADATA_FILE)
+    if found != stored:
+        raise IndexFormatError(f"{folder / METADATA_FILE}: sha256 {found[:12]}… differs from the manifest's "
+                               f"{stored[:12]}…: the table was edited or replaced after the index was built, so its "
+                               "rows may no longer match the index entries (rebuild the index folder)")
+
+
+def is_index_folder(path: str | Path) -> bool:
+    """True for a folder holding a manifest this project wrote (what --overwrite may replace)."""
+    try:
+        return str(read_manifest(path).get("format", "")).startswith("retrieval-index/")
+    except IndexFormatError:
+        return False
+
+
+def check_replaceable(path: str | Path) -> None:
+    """IndexFormatError unless ``path`` is absent or an index folder of this project."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir():
+        raise IndexFormatError(f"{path} is a file, not an index folder; refusing to replace it (choose another --out)")
+    if not is_index_folder(path):
+        raise IndexFormatError(f"{path} is not an index folder written by build_index (no valid {MANIFEST_FILE}); "
+                               "refusing to replace it (choose another --out)")
+
+
 def load_index(folder: str | Path) -> tuple[faiss.Index, pd.DataFrame, dict]:
     """(index, metadata, manifest) of an index folder; every inconsistency is an IndexFormatError naming the file."""
     folder = Path(folder)
@@ -170,6 +208,7 @@ def load_index(folder: str | Path) -> tuple[faiss.Index, pd.DataFrame, dict]:
     if len(meta) != index.ntotal:
         raise IndexFormatError(f"{folder / METADATA_FILE}: {len(meta)} rows but {INDEX_FILE} holds "
                                f"{index.ntotal} vectors (one row per index entry expected)")
+    _check_metadata_hash(folder, manifest)
     return index, meta, manifest
 
 
@@ -179,7 +218,10 @@ def check_compatible(manifest: dict, folder: str | Path, dim: int, checkpoint_sh
         raise IndexFormatError(f"{Path(folder) / MANIFEST_FILE}: index has dimension {manifest['dim']} but the model "
                                f"embeds to {dim}; it was built by another model")
     stored = manifest.get("checkpoint_sha256")
-    if checkpoint_sha256 is not None and stored is not None and stored != checkpoint_sha256:
+    if checkpoint_sha256 is not None and stored is None:
+        raise IndexFormatError(f"{Path(folder) / MANIFEST_FILE}: has no checkpoint_sha256, so it cannot say which "
+                               "model built the index; rebuild it with build_index.py --checkpoint")
+    if checkpoint_sha256 is not None and stored != checkpoint_sha256:
         raise IndexFormatError(
             f"{Path(folder) / MANIFEST_FILE}: index was built with checkpoint sha256 {stored[:12]}… "
             f"({manifest.get('checkpoint', '?')}) but this checkpoint is {checkpoint_sha256[:12]}…; "
@@ -192,6 +234,7 @@ def write_folder(tmp: Path, index: faiss.Index, meta: pd.DataFrame, manifest: di
     faiss.write_index(index, str(tmp / INDEX_FILE))
     manifest["index_bytes"] = (tmp / INDEX_FILE).stat().st_size
     meta.to_csv(tmp / METADATA_FILE, index=False)
+    manifest["metadata_sha256"] = sha256_file(tmp / METADATA_FILE)
     if embeddings is not None:
         np.save(tmp / EMBEDDINGS_FILE, embeddings)
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str) + "\n")

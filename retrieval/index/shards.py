@@ -36,7 +36,7 @@ from ..errors import ConfigError, IndexFormatError
 from ..files import atomic_dir
 from ..vectors import check_embeddings
 from .factory import create_index
-from .folder import IVFDATA_FILE, in_dir, new_manifest, normalise_metadata, write_folder
+from .folder import IVFDATA_FILE, check_replaceable, in_dir, new_manifest, normalise_metadata, write_folder
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ def merge_shards(trained_path: str | Path, shard_paths: Sequence[str | Path], me
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists; pass overwrite to replace it")
+    check_replaceable(out_dir)
     shards = [str(Path(p).resolve()) for p in shard_paths]
     index = faiss.read_index(str(trained_path))
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:

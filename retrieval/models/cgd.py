@@ -5,6 +5,19 @@ Each descriptor is a generalised mean over the feature map (CGD Eq. 1): SPoC (p 
 L2; the branches are concatenated and L2-normalised again (CGD §3.2, Fig. 2). The first
 descriptor also feeds the auxiliary classifier: BN → FC without bias, logits / τ (CGD §3.3);
 its label smoothing belongs to the loss.
+
+Centring (``embedding_bn``, docs/training.md). The pooled descriptors come from post-ReLU
+feature maps, so every one of them is a non-negative vector with a large shared mean, and a
+linear map without bias keeps that mean: W(μ + δ) = Wμ + Wδ with ‖Wμ‖ ≫ ‖Wδ‖. After the L2
+normalisation every embedding is then one shared direction plus a little signal (a cone:
+all cosines ≈ 0.999, product quantisation spends its codes on the shared part), and a
+triplet loss on such vectors collapses to its margin (all distances ≈ 0; PML issue #20).
+With ``embedding_bn`` each branch's projection passes a BatchNorm whose shift is fixed at
+zero before its L2 normalisation, as BNNeck does before the retrieval feature (Luo et al.
+2019, "Bag of Tricks and a Strong Baseline for Deep Person Re-identification", §3.6): the
+batch mean (running mean at test time) of every coordinate is removed, so the embeddings
+spread over the sphere; the shift stays at zero so the loss cannot put the shared direction
+back, while the learnable scale keeps the coordinates' relative weights.
 """
 from __future__ import annotations
 
@@ -78,6 +91,7 @@ class CGDHead(nn.Module):
         gem_p: float = 3.0,
         gem_learnable: bool = False,
         temperature: float = 0.5,
+        embedding_bn: bool = False,
     ) -> None:
         super().__init__()
         descriptors = parse_descriptors(descriptors)
@@ -96,12 +110,24 @@ class CGDHead(nn.Module):
         branch_dim = embedding_dim // len(descriptors)
         self.pools = nn.ModuleList(GlobalDescriptor(k, gem_p, gem_learnable) for k in descriptors)
         self.fcs = nn.ModuleList(nn.Linear(in_channels, branch_dim, bias=False) for _ in descriptors)
+        self.bns: nn.ModuleList | None = None
+        if embedding_bn:
+            self.bns = nn.ModuleList(nn.BatchNorm1d(branch_dim) for _ in descriptors)
+            for bn in self.bns:
+                bn.bias.requires_grad_(False)  # shift fixed at 0: centred, see the module docstring
         self.classifier: nn.Sequential | None = None
         if num_classes:
             self.classifier = nn.Sequential(nn.BatchNorm1d(in_channels), nn.Linear(in_channels, num_classes, bias=False))
 
+    def branches(self, pooled: list[Tensor]) -> list[Tensor]:
+        """Each branch's projection before its L2 normalisation: FC(pool), centred by BN with ``embedding_bn``."""
+        parts = [fc(g) for fc, g in zip(self.fcs, pooled)]
+        if self.bns is not None:
+            parts = [bn(u) for bn, u in zip(self.bns, parts)]
+        return [u.float() for u in parts]
+
     def _embed(self, pooled: list[Tensor]) -> Tensor:
-        parts = [F.normalize(fc(g).float(), dim=1) for fc, g in zip(self.fcs, pooled)]
+        parts = [F.normalize(u, dim=1) for u in self.branches(pooled)]
         return F.normalize(torch.cat(parts, dim=1), dim=1)
 
     def forward(self, features: Tensor) -> Tensor:

@@ -8,9 +8,9 @@ embedding side by side, each upsampled over the image.
 Grad-CAM target. Grad-CAM (Selvaraju et al. 2017) needs a scalar to differentiate. The
 natural "self-similarity" e·sg(e) of the final embedding has a zero gradient: e is
 L2-normalised, and the Jacobian of x ↦ x/‖x‖ is (I − e eᵀ)/‖x‖, which maps e to 0. So the
-target is taken one step earlier, on each CGD branch's output u_b = FC_b(pool_b(A)) before
-its L2 normalisation (CGD §3.2): y = Σ_b u_b · sg(u_b / ‖u_b‖), the projection of each branch
-onto its own (fixed) direction. Its gradient says which feature-map locations make the
+target is taken one step earlier, on each CGD branch's output u_b = FC_b(pool_b(A)) (centred
+by the head's BN when it has one) before its L2 normalisation (CGD §3.2):
+y = Σ_b u_b · sg(u_b / ‖u_b‖), the projection of each branch onto its own (fixed) direction. Its gradient says which feature-map locations make the
 image's descriptor stronger along the direction it already points to, i.e. what the
 embedding is "made of". A is the last stage's feature map (the CGD head's input); weights
 α_c = spatial mean of ∂y/∂A_c, map = ReLU(Σ_c α_c A_c), scaled to [0, 1] per image.
@@ -54,8 +54,8 @@ def grad_cam(model: torch.nn.Module, images: Tensor) -> Tensor:
         with torch.enable_grad():
             feats = features.detach().requires_grad_(True)
             target = feats.new_zeros(())
-            for pool, fc in zip(model.head.pools, model.head.fcs):
-                branch = fc(pool(feats)).float()  # (B, branch_dim), before the branch's L2 normalisation
+            # (B, branch_dim) per branch, before its L2 normalisation (centred by BN with embedding_bn)
+            for branch in model.head.branches([pool(feats) for pool in model.head.pools]):
                 direction = F.normalize(branch, dim=1).detach()
                 target = target + (branch * direction).sum()  # images are independent in eval mode
             (grads,) = torch.autograd.grad(target, feats)

@@ -6,7 +6,7 @@ from retrieval.cli import demo
 
 TINY = ["data.synthetic_classes=12", "data.synthetic_per_class=8", "data.synthetic_size=40", "data.image_size=32",
         "data.resize=36", "data.batch_size=16", "data.num_workers=0", "model.embedding_dim=32", "train.epochs=1",
-        "train.steps_per_epoch=2", "train.precision=fp32", "eval.batch_size=32"]
+        "train.steps_per_epoch=2", "train.precision=fp32", "eval.batch_size=32", "data.val_classes=2"]
 
 
 def test_demo_runs_every_step(tmp_path, capsys):
@@ -17,7 +17,7 @@ def test_demo_runs_every_step(tmp_path, capsys):
     result = json.loads((out / "demo.json").read_text())
     assert set(result["trained"]) >= {"recall@1", "recall@8", "map@r"}
     assert set(result["untrained"]) == set(result["trained"])
-    for name in ("train/best.pt", "train/metrics.csv", "index/index.faiss", "index/manifest.json", "grid.png",
+    for name in ("train/best.pt", "train/last.pt", "train/metrics.csv", "index/index.faiss", "index/manifest.json", "grid.png",
                  "results.md"):
         assert (out / name).is_file(), name
     assert demo.main(["--out", str(out), "-q", *TINY]) == 0  # a finished demo folder may be replaced

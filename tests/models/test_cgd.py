@@ -90,3 +90,39 @@ def test_no_classifier_when_no_classes(feats):
 def test_bad_head_options_are_clear_errors(kwargs, word):
     with pytest.raises(ValueError, match=word):
         CGDHead(16, **kwargs)
+
+
+def _bn_ref(u: np.ndarray, gamma: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    return (u - mean) / np.sqrt(var + eps) * gamma  # shift fixed at 0
+
+
+def _l2(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_embedding_bn_centres_each_branch_before_its_l2_norm():
+    feats = torch.rand(12, 16, 5, 4, generator=torch.Generator().manual_seed(1)) * 2
+    head = CGDHead(16, "SG", embedding_dim=8, embedding_bn=True)
+    with torch.no_grad():
+        for bn in head.bns:
+            bn.weight.uniform_(0.5, 1.5)
+    x = feats.double().numpy()
+    pooled = [x.mean(axis=(2, 3)), _gem_ref(x, 3.0)]
+    us = [p @ fc.weight.detach().double().numpy().T for p, fc in zip(pooled, head.fcs)]
+    gammas = [bn.weight.detach().double().numpy() for bn in head.bns]
+    # training mode: batch statistics (biased variance, as BatchNorm normalises)
+    ref = _l2(np.concatenate([_l2(_bn_ref(u, g, u.mean(0), u.var(0))) for u, g in zip(us, gammas)], axis=1))
+    np.testing.assert_allclose(head.train()(feats).detach().numpy(), ref, atol=1e-5)
+    # eval mode: the running statistics that forward pass left (momentum 0.1, unbiased variance)
+    running = [(0.1 * u.mean(0), 0.9 + 0.1 * u.var(0, ddof=1)) for u in us]
+    ref = _l2(np.concatenate([_l2(_bn_ref(u, g, m, v)) for u, g, (m, v) in zip(us, gammas, running)], axis=1))
+    np.testing.assert_allclose(head.eval()(feats).detach().numpy(), ref, atol=1e-5)
+    assert all(not bn.bias.requires_grad and bn.weight.requires_grad for bn in head.bns)
+
+
+def test_positive_features_make_a_cone_that_embedding_bn_removes():
+    feats = torch.rand(64, 32, 4, 4, generator=torch.Generator().manual_seed(2)) * 2  # post-ReLU: all >= 0
+    plain = CGDHead(32, "SG", embedding_dim=16)(feats)
+    centred = CGDHead(32, "SG", embedding_dim=16, embedding_bn=True).train()(feats)
+    assert plain.mean(0).norm() > 0.9  # one shared direction: the cone of issue #10
+    assert centred.mean(0).norm() < 0.3

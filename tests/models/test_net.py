@@ -91,9 +91,11 @@ def test_gradients_reach_every_parameter():
     x, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     emb, logits = model.forward_train(x)
     ((emb * torch.randn_like(emb)).sum() + F.cross_entropy(logits, labels)).backward()
-    dead = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
-            or p.grad.abs().sum() == 0]
+    dead = [n for n, p in model.named_parameters() if p.requires_grad and (
+        p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0)]
     assert not dead
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen == [f"head.bns.{i}.bias" for i in range(3)]  # the centring BN's shift only (models/cgd.py)
     assert any(".cbam.spatial." in n for n, _ in model.named_parameters())
     assert model.head.pools[2].p.grad is not None and model.head.classifier[1].weight.grad is not None
 
