@@ -94,6 +94,7 @@ class OptimConfig:
     step_epochs: list[int] = field(default_factory=lambda: [12, 24])  # step: epochs where lr is multiplied by gamma
     gamma: float = 0.1  # step: multiplier
     warmup_epochs: float = 0.0  # linear warm-up length in epochs
+    attention_lr_mult: float = 1.0  # lr multiplier of the CBAM parameters (from scratch: 10, docs/training.md)
 
 
 @dataclass
@@ -147,7 +148,7 @@ CHOICES: dict[str, Registry | tuple[str, ...]] = {
 POSITIVE = (
     "data.image_size", "data.resize", "data.batch_size", "data.synthetic_classes",
     "data.synthetic_per_class", "data.synthetic_size", "model.cbam_reduction",
-    "model.embedding_dim", "model.gem_p", "model.temperature", "optim.lr", "optim.gamma",
+    "model.embedding_dim", "model.gem_p", "model.temperature", "optim.lr", "optim.gamma", "optim.attention_lr_mult",
     "loss.proxy_lr_mult", "train.epochs", "eval.batch_size", "eval.chunk_size",
 )
 
@@ -402,7 +403,7 @@ def migrate_loss(raw: dict, quiet: bool = False) -> dict:
 
 # Keys added after earlier versions stored resolved configs (checkpoints, index manifests), with
 # the value those versions used: a stored config without one rebuilds the model it describes.
-STORED_DEFAULTS = {("model", "embedding_bn"): False}
+STORED_DEFAULTS = {("model", "embedding_bn"): False, ("optim", "attention_lr_mult"): 1.0}
 
 
 def config_from_dict(raw: dict, overrides: list[str] | None = None, stored: bool = False) -> Config:

@@ -38,12 +38,20 @@ SCHEDULES: Registry = Registry("optim.scheduler", {
 
 def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, loss: torch.nn.Module,
                     proxy_lr_mult: float) -> torch.optim.Optimizer:
-    """Model parameters at ``cfg.lr``; loss parameters (proxies) at ``cfg.lr * proxy_lr_mult``.
+    """Model parameters at ``cfg.lr``; loss parameters (proxies) at ``cfg.lr * proxy_lr_mult``; CBAM's at
+    ``cfg.lr * cfg.attention_lr_mult`` (a group of their own only when the multiplier is not 1).
 
     Proxy-Anchor (Kim et al. 2020, §4.1) trains proxies 100× faster than the network: they start
-    random while the backbone starts pretrained.
+    random while the backbone starts pretrained. CBAM's spatial gate starts flat (its BN scale is
+    0 in the official initialisation) and Adam moves a weight by about lr per step, so within a
+    few hundred steps the gates barely move unless their lr is higher (docs/training.md).
     """
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr, "name": "model"}]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    attention = [p for n, p in trainable if ".cbam." in n] if cfg.attention_lr_mult != 1 else []
+    chosen = {id(p) for p in attention}
+    groups = [{"params": [p for _, p in trainable if id(p) not in chosen], "lr": cfg.lr, "name": "model"}]
+    if attention:
+        groups.append({"params": attention, "lr": cfg.lr * cfg.attention_lr_mult, "name": "attention"})
     loss_params = [p for p in loss.parameters() if p.requires_grad]
     if loss_params:
         groups.append({"params": loss_params, "lr": cfg.lr * proxy_lr_mult, "name": "loss"})
