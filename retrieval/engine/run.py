@@ -194,12 +194,17 @@ def setup_run(cfg: Config | None, resume: str | Path | None = None, overwrite: b
         run.restore(state)
     dist_utils.broadcast_parameters(loss, info)
     _open_run_dir(run, overwrite, state)
-    if "val" not in splits:
+    _log_start(run)
+    return run
+
+
+def _log_start(run: Run) -> None:
+    cfg, train_set = run.cfg, run.splits["train"]
+    if "val" not in run.splits:
         log.info("no validation classes (data.val_classes=0): best.pt is not chosen; the final model is last.pt")
     log.info("training %s on %s (%s, %d train images, %d classes, %d steps/epoch, precision %s, world %d)",
-             cfg.model.backbone, device, cfg.data.name, len(splits["train"]), splits["train"].num_classes,
-             steps, dtype or "fp32", info.world_size)
-    return run
+             cfg.model.backbone, run.device, cfg.data.name, len(train_set), train_set.num_classes,
+             run.steps_per_epoch, run.dtype or "fp32", run.info.world_size)
 
 
 def close_run(run: Run, finished: bool) -> None:
