@@ -37,6 +37,15 @@ def _unwrap_worker_error(err: RetrievalError) -> RetrievalError:
     return type(err)(last.split(f"{name}: ", 1)[-1])
 
 
+def forward_embeddings(model: torch.nn.Module, images: torch.Tensor, device: torch.device,
+                       dtype: torch.dtype | None, memory_format: torch.memory_format) -> torch.Tensor:
+    """images (B, 3, H, W) → embeddings (B, D) float32 L2-normalised on the CPU; the model must be in eval mode."""
+    images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+    with torch.inference_mode(), autocast(device, dtype):
+        out = model(images)
+    return F.normalize(out.float(), dim=1).cpu()
+
+
 def embed_dataset(model: torch.nn.Module, loader, device: torch.device | str, precision: str = "auto",
                   channels_last: bool = True, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Embed every batch of ``loader`` (yielding (images (B, 3, H, W), labels (B,))).
@@ -59,10 +68,7 @@ def embed_dataset(model: torch.nn.Module, loader, device: torch.device | str, pr
         with torch.inference_mode(), progress_bar(total=total, desc="embed", unit="img", disable=not progress,
                                           leave=False) as bar:
             for images, batch_labels in loader:
-                images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-                with autocast(device, dtype):
-                    out = model(images)
-                chunks.append(F.normalize(out.float(), dim=1).cpu())
+                chunks.append(forward_embeddings(model, images, device, dtype, memory_format))
                 labels.append(torch.as_tensor(batch_labels, dtype=torch.int64).reshape(-1))
                 bar.update(len(images))
     except RetrievalError as err:

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from .config import Config, to_dict
-from .index import build_index, check_compatible, load_index, search, set_search_params
+from .index import REMOVED, build_index, check_compatible, load_index, search, set_search_params
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,18 @@ class Gallery:
     metadata: pd.DataFrame
     manifest: dict
 
+    def __post_init__(self) -> None:
+        removed = self.metadata[REMOVED].astype(bool).to_numpy() if REMOVED in self.metadata.columns else None
+        self.removed_ids = np.flatnonzero(removed) if removed is not None else np.empty(0, np.int64)
+        self._removed = set(self.removed_ids.tolist())
+
     @property
     def count(self) -> int:
-        return int(self.index.ntotal)
+        """Live entries (removed ones excluded)."""
+        return int(self.index.ntotal) - len(self.removed_ids)
+
+    def is_live(self, item_id: int) -> bool:
+        return 0 <= item_id < self.index.ntotal and item_id not in self._removed
 
     def check_model(self, embedder: Embedder) -> None:
         """IndexFormatError unless ``embedder``'s checkpoint built this index (dimension, sha256)."""
@@ -99,9 +108,23 @@ class Gallery:
 
     def search(self, embeddings: np.ndarray, k: int, nprobe: int | None = None,
                ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(scores (Nq, k), ids (Nq, k)) of the k nearest items; missing approximate hits have id -1."""
+        """(scores (Nq, k), ids (Nq, k)) of the k nearest live items; missing hits have id -1 and score -inf.
+
+        Removed entries are skipped by searching k + (number removed) and dropping them, which works
+        for every index type (few removals are the service's case; a rebuild compacts many).
+        """
         set_search_params(self.index, nprobe=nprobe, ef_search=ef_search)
-        return search(self.index, embeddings, k)
+        if not len(self.removed_ids):
+            return search(self.index, embeddings, k)  # clamps k to the gallery, with a warning
+        k = min(k, max(1, self.count))
+        scores, ids = search(self.index, embeddings, min(self.index.ntotal, k + len(self.removed_ids)))
+        keep = ~np.isin(ids, self.removed_ids)
+        out_s = np.full((len(ids), k), -np.inf, np.float32)
+        out_i = np.full((len(ids), k), -1, np.int64)
+        for q in range(len(ids)):
+            live = np.flatnonzero(keep[q])[:k]
+            out_s[q, :len(live)], out_i[q, :len(live)] = scores[q, live], ids[q, live]
+        return out_s, out_i
 
     def results(self, scores: np.ndarray, ids: np.ndarray) -> list[pd.DataFrame]:
         """Per query: rank, score, gallery_id, gallery_path, gallery_label (missing approximate hits dropped)."""

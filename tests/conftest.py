@@ -1,4 +1,4 @@
-"""Shared fixtures of the build_index / query command tests: tiny checkpoints and a tiny image gallery."""
+"""Shared fixtures: tiny real checkpoints and a tiny image gallery (commands, service)."""
 import numpy as np
 import pytest
 import torch

@@ -6,6 +6,7 @@ guard (``Image.MAX_IMAGE_PIXELS``) is left on.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
@@ -37,24 +38,44 @@ def _check_file(path: str) -> None:
         raise ImageError(f"{path}: empty file (0 bytes)")
 
 
-def _open(path: str, draft: tuple[int, int] | None = None) -> Image.Image:
-    """Open and fully decode ``path``; Pillow's errors become ImageError naming the file."""
-    _check_file(path)
+def _decode(source, name: str, draft: tuple[int, int] | None = None, max_pixels: int | None = None) -> Image.Image:
+    """Fully decode ``source`` (a path or a binary file object); Pillow's errors become ImageError naming ``name``."""
     try:
         with warnings.catch_warnings():
             # Above MAX_IMAGE_PIXELS Pillow only warns; make that an error as well (bomb guard).
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
+                if max_pixels is not None and img.size[0] * img.size[1] > max_pixels:
+                    raise ImageError(f"{name}: {img.size[0]}×{img.size[1]} pixels is more than the {max_pixels:,} "
+                                     "allowed (decompression-bomb guard)")
                 if draft is not None and img.format == "JPEG":
                     img.draft("RGB", draft)  # decode at a reduced scale: verifying needs no full size
                 img.load()
                 return ImageOps.exif_transpose(img)
+    except ImageError:
+        raise
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image (Pillow cannot identify the format)") from None
+        raise ImageError(f"{name}: not an image (Pillow cannot identify the format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(f"{path}: refused by Pillow's decompression-bomb guard: {err}") from None
+        raise ImageError(f"{name}: refused by Pillow's decompression-bomb guard: {err}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise ImageError(f"{path}: truncated or corrupt image ({err})") from None
+        raise ImageError(f"{name}: truncated or corrupt image ({err})") from None
+
+
+def _open(path: str, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Open and fully decode ``path``; Pillow's errors become ImageError naming the file."""
+    _check_file(path)
+    return _decode(path, path, draft)
+
+
+def decode_image(data: bytes, name: str = "upload", max_pixels: int | None = None) -> Image.Image:
+    """Decode image bytes (an upload) to RGB with the same guards as ``load_image``, plus an optional pixel cap.
+
+    ImageError naming ``name`` for empty, truncated, non-image or too large input.
+    """
+    if not data:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    return _to_rgb(_decode(io.BytesIO(data), name, max_pixels=max_pixels))
 
 
 def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:

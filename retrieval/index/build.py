@@ -17,6 +17,8 @@ from .folder import (EMBEDDINGS_FILE, check_compatible, check_replaceable, load_
 
 log = logging.getLogger(__name__)
 
+REMOVED = "removed"  # metadata column: True for entries removed with remove_entries
+
 
 def _appended(folder: Path, x: np.ndarray, meta: pd.DataFrame, manifest_extra: dict, save_embeddings: bool):
     """Index, metadata, manifest and embeddings of ``folder`` with the new entries added."""
@@ -37,6 +39,8 @@ def _appended(folder: Path, x: np.ndarray, meta: pd.DataFrame, manifest_extra: d
     index.add(x)
     meta = normalise_metadata(pd.concat([old_meta.drop(columns="id", errors="ignore"), meta], ignore_index=True),
                               index.ntotal)
+    if REMOVED in meta.columns:  # entries appended after a removal are live
+        meta[REMOVED] = meta[REMOVED].fillna(False).astype(bool)
     manifest.update({k: v for k, v in manifest_extra.items() if k not in ("created",)})
     manifest.update(count=int(index.ntotal), updated=now(), versions=versions())
     embeddings = None if old_emb is None else np.concatenate([old_emb, x])
@@ -66,6 +70,34 @@ def build_index(embeddings: np.ndarray, metadata: pd.DataFrame, out_dir: str | P
             write_folder(tmp, index, meta, manifest, stored)
     remove_stale_temporaries(out_dir.parent, (out_dir.name,))
     log.info("wrote %s: %d vectors of dim %d (%s)", out_dir, index.ntotal, index.d, manifest["factory"])
+    return manifest
+
+
+def remove_entries(folder: str | Path, ids: list[int]) -> dict:
+    """Mark index entries ``ids`` removed (column ``removed`` of the metadata); returns the new manifest.
+
+    Ids stay stable: an entry keeps its row (FAISS id) and searches skip removed ones
+    (retrieval.gallery), so ids held by clients never start naming another image. The folder is
+    rewritten atomically under the writer lock, like an append. IndexFormatError for an id that
+    does not exist, or an on-disk merged index (its lists cannot be rewritten here).
+    """
+    folder = Path(folder)
+    with writer_lock(folder, "index writer"):
+        index, meta, manifest = load_index(folder)
+        if manifest.get("ondisk"):
+            raise IndexFormatError(f"{folder}: entries of an on-disk merged index cannot be removed; rebuild it")
+        unknown = sorted(i for i in set(ids) if not 0 <= i < index.ntotal)
+        if unknown:
+            raise IndexFormatError(f"{folder}: no entry with id {unknown[0]} (ids are 0..{index.ntotal - 1})")
+        removed = meta[REMOVED].astype(bool) if REMOVED in meta.columns else pd.Series(False, index=meta.index)
+        meta[REMOVED] = removed | meta["id"].isin(list(ids))
+        manifest.update(updated=now(), removed=int(meta[REMOVED].sum()), versions=versions())
+        stored = np.load(folder / EMBEDDINGS_FILE) if (folder / EMBEDDINGS_FILE).is_file() else None
+        with atomic_dir(folder, overwrite=True) as tmp:
+            write_folder(tmp, index, meta, manifest, stored)
+    remove_stale_temporaries(folder.parent, (folder.name,))
+    log.info("%s: removed %d entr%s (%d removed in all)", folder, len(set(ids)), "y" if len(set(ids)) == 1 else "ies",
+             manifest["removed"])
     return manifest
 
 

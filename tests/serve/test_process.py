@@ -1,0 +1,111 @@
+"""The real server process: its command line refusals, and kill -9 right after and during an add."""
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+
+from retrieval.cli import serve
+from retrieval.index import load_index
+
+from .conftest import png_bytes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python -m retrieval.serve`` on a free loopback port, waited for until /healthz answers."""
+
+    def __init__(self, assets, index_dir, *extra):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "retrieval.serve", "--checkpoint", str(assets["ckpt"]), "--index", str(index_dir),
+             "--port", str(self.port), "--precision", "fp32", "--threads", "1", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}: {self.proc.stdout.read()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.kill()
+        raise AssertionError("server did not answer /healthz within 120 s")
+
+    def count(self) -> int:
+        return httpx.get(f"{self.url}/healthz", timeout=10).json()["count"]
+
+    def add(self, data: bytes):
+        return httpx.post(f"{self.url}/items", files=[("images", ("new.png", data, "image/png"))], timeout=60)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.proc.stdout.close()
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=30)
+        return out
+
+
+def test_refuses_a_public_address_without_a_token_and_short_tokens(assets, index_dir, tmp_path, capsys):
+    common = ["--checkpoint", str(assets["ckpt"]), "--index", str(index_dir)]
+    assert serve.main([*common, "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert "--host 0.0.0.0" in err and "--token-file" in err
+    short = tmp_path / "token"
+    short.write_text("abc\n")
+    assert serve.main([*common, "--token-file", str(short)]) == 2
+    err = capsys.readouterr().err
+    assert "at least 16" in err and len(err.strip().splitlines()) == 1  # one line, no traceback
+    assert serve.main(["--checkpoint", str(assets["ckpt"]), "--index", str(tmp_path / "nope")]) != 0
+    err = capsys.readouterr().err
+    assert "nope" in err and "Traceback" not in err
+
+
+def test_kill_minus_9_after_and_during_an_add(assets, index_dir):
+    """After: an add whose response returned is on disk. During: the folder is the old one or the new one."""
+    server = Server(assets, index_dir)
+    response = server.add(png_bytes((9, 200, 9)))
+    assert response.status_code == 201
+    (new_id,) = response.json()["ids"]
+    server.kill()  # no shutdown hook runs
+
+    server = Server(assets, index_dir)
+    before = server.count()
+    assert before == 10
+    hit = httpx.get(f"{server.url}/items/{new_id}/neighbours", params={"k": 1}, timeout=30).json()
+    assert hit["queries"][0]["results"][0]["id"] == new_id
+    thread = threading.Thread(target=_ignore_errors, args=(server.add, png_bytes((1, 2, 250), (64, 64))))
+    thread.start()
+    time.sleep(0.05)
+    server.kill()
+    thread.join()
+    index, metadata, _ = load_index(index_dir)  # the folder on disk is whole
+    assert index.ntotal == len(metadata) and index.ntotal in (before, before + 1)
+
+    server = Server(assets, index_dir)  # it serves again; the killed writer's temporaries are gone
+    assert server.count() == index.ntotal
+    assert server.add(png_bytes((3, 4, 5))).status_code == 201 and server.count() == index.ntotal + 1
+    out = server.stop()
+    assert f"at {server.url}/" in out and "POST /items 201" in out  # start-up URL, one access line per request
+    leftovers = [p.name for p in index_dir.parent.iterdir() if p.name.startswith(".") and "tmp" in p.name]
+    assert not leftovers
+
+
+def _ignore_errors(fn, *args):
+    try:
+        fn(*args)
+    except httpx.HTTPError:
+        pass  # the server was killed under the request: that is the point
