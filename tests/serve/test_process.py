@@ -1,8 +1,4 @@
 """The real server process: its command line refusals, and kill -9 right after and during an add."""
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -11,52 +7,7 @@ import httpx
 from retrieval.cli import serve
 from retrieval.index import load_index
 
-from .conftest import png_bytes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``python -m retrieval.serve`` on a free loopback port, waited for until /healthz answers."""
-
-    def __init__(self, assets, index_dir, *extra):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "retrieval.serve", "--checkpoint", str(assets["ckpt"]), "--index", str(index_dir),
-             "--port", str(self.port), "--precision", "fp32", "--threads", "1", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited {self.proc.returncode}: {self.proc.stdout.read()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        self.kill()
-        raise AssertionError("server did not answer /healthz within 120 s")
-
-    def count(self) -> int:
-        return httpx.get(f"{self.url}/healthz", timeout=10).json()["count"]
-
-    def add(self, data: bytes):
-        return httpx.post(f"{self.url}/items", files=[("images", ("new.png", data, "image/png"))], timeout=60)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        self.proc.stdout.close()
-
-    def stop(self) -> str:
-        self.proc.terminate()
-        out, _ = self.proc.communicate(timeout=30)
-        return out
+from .conftest import Server, png_bytes
 
 
 def test_refuses_a_public_address_without_a_token_and_short_tokens(assets, index_dir, tmp_path, capsys):
