@@ -37,6 +37,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
                "--nprobe", "1,4", "--ef-search", "16", "--single", "3", "--batch-budget", "0"]),
     "e2e": ("bench_e2e", [], ["--backbone", "resnet18", "--size", "32", "--dim", "32", "--gallery", "1000",
                               "--image-size", "64x48", "--repeats", "2", "--warmup", "1"]),
+    "serve": ("bench_serve", [], ["--backbone", "resnet18", "--size", "32", "--dim", "32", "--gallery", "40",
+                                  "--requests", "8", "--adds", "4"]),
 }
 
 

@@ -30,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow browser pages from ORIGIN to call the API (repeatable; default: none)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the CPU count)")
     parser.add_argument("--max-batch", type=int, default=32, help="images per forward pass (default 32)")
-    parser.add_argument("--batch-wait-ms", type=float, default=5.0,
-                        help="how long a forward pass waits for concurrent requests (default 5 ms)")
+    parser.add_argument("--batch-wait-ms", type=float, default=0.0,
+                        help="how long a forward pass waits for more requests before it starts (default 0: it "
+                             "takes the requests already queued; under load those that came during a pass)")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="per uploaded file (default 10 MB)")
     parser.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask for (default 1000)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -4,6 +4,8 @@ Each request submits its preprocessed images and waits on a future; one worker t
 the first waiting item, gathers more for at most ``max_wait_ms`` (or until ``max_batch``),
 runs the model once on the stack and hands every request its rows. Under load the forward
 pass — the expensive part of a query — runs once per batch instead of once per request.
+With ``max_wait_ms=0`` (the service's default) nothing waits: a batch is what queued while
+the previous pass ran, so a lone request pays no delay (continuous batching).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ log = logging.getLogger(__name__)
 class MicroBatcher:
     """Batches ``fn`` calls: fn(images (B, 3, H, W)) → embeddings (B, D) numpy, called from one thread."""
 
-    def __init__(self, fn: Callable[[torch.Tensor], np.ndarray], max_batch: int = 32, max_wait_ms: float = 5.0):
+    def __init__(self, fn: Callable[[torch.Tensor], np.ndarray], max_batch: int = 32, max_wait_ms: float = 0.0):
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError(f"max_batch >= 1 and max_wait_ms >= 0 expected, got {max_batch}, {max_wait_ms}")
         self.fn, self.max_batch, self.max_wait = fn, max_batch, max_wait_ms / 1000.0

@@ -44,7 +44,9 @@ class Settings:
     device: str = "auto"
     precision: str = "auto"
     max_batch: int = 32  # images per forward pass
-    batch_wait_ms: float = 5.0  # how long a forward pass waits for more requests
+    # 0: a forward pass takes every request already queued and starts at once, so a lone query waits
+    # for nothing and, under load, requests that arrived during one pass share the next.
+    batch_wait_ms: float = 0.0
     max_upload_bytes: int = 10 << 20  # per file
     max_files: int = 16  # per request
     max_pixels: int = DEFAULT_MAX_PIXELS

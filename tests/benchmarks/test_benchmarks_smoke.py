@@ -9,14 +9,16 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import bench_e2e, bench_embed_speed, bench_index, bench_metrics, bench_train_speed, run_all
+from benchmarks import bench_e2e, bench_embed_speed, bench_index, bench_metrics, bench_serve, bench_train_speed, run_all
+from tests.conftest import make_gallery
 
 HEADER = {"date", "machine", "commit", "versions"}
 
 
 def _read(out, name):
     data = json.loads((out / f"{name}.json").read_text())
-    assert (out / f"{name}.md").read_text().startswith(("Training", "Embedding", "Top-", "One image", "# Speed"))
+    assert (out / f"{name}.md").read_text().startswith(("Training", "Embedding", "Top-", "One image", "# Speed",
+                                                         "# retrieval-serve"))
     return data
 
 
@@ -95,3 +97,17 @@ def test_run_all_rejects_unknown_name(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_all.main(["--only", "nope", "--out", str(tmp_path)])
     assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_serve(tmp_path):
+    images = make_gallery(tmp_path / "images", classes=3, per_class=5)
+    assert bench_serve.main(["--backbone", "resnet18", "--size", "32", "--dim", "16", "--images", str(images),
+                             "--gallery", "12", "--requests", "4", "--adds", "4", "--out", str(tmp_path / "out")]) == 0
+    res = _read(tmp_path / "out", "serve")
+    assert HEADER <= res.keys() and res["gallery"] == 12 and res["throughput_errors"] == 0
+    assert {"http_p50_ms", "http_p99_ms", "forward_p50_ms", "ratio_p50", "ratio_p99"} <= res["latency"].keys()
+    writes = res["writes"]
+    assert writes["consistent"] and writes["final"] == 12 + 4 - 2 and writes["write_errors"] == 0
+    assert writes["search_errors"] == 0 and res["server_memory_mb"]["VmHWM"] > 0
+    assert res["forward_batches"] <= res["images_embedded"]
+    assert not (tmp_path / "out" / "work").exists()  # its scratch folder is removed

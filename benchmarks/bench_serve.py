@@ -1,0 +1,342 @@
+"""retrieval-serve over loopback: latency against the forward pass, micro-batching gain, writes under load, RSS.
+
+The server is the real process (``python -m retrieval.serve``) on 127.0.0.1 over an index
+folder built here from real photographs (``--images``, default CUB_mini, first ``--gallery``
+of them) with ``--checkpoint`` (default: an untrained checkpoint of the default config —
+ResNet-50 at 224 px, 512-d — written into ``--out``: latency does not depend on training).
+
+1. Latency: one JPEG → top-10 over HTTP (``POST /search``), alternating with the model's
+   forward pass alone on the same image already transformed, in this process with the same
+   torch thread count and precision. p50 / p99 of each; the goal is HTTP ≤ 1.3× forward.
+2. Throughput: ``--clients`` concurrent clients against 1 client, alternating the two phases
+   twice (noisy shared machines); the goal is ≥ 1.5× from micro-batching; zero errors.
+3. Writes: adds and deletes interleaved with searches from 4 clients: zero errors, the final
+   count equals initial + adds − deletes.
+4. The server's resident memory (VmRSS, VmHWM) at the end.
+5. The ceiling of (2) on this hardware: images/s of the forward pass alone at batch
+   ``--clients`` over batch 1 (on a CPU whose threads a batch-1 pass already keeps busy it is
+   near 1; on a GPU it is large).
+
+With ``--screenshot PNG`` (needs playwright and Debian's chromium) the page is also driven
+once — upload a query, top-K grid with CBAM attention — and captured for the README.
+
+    python -m benchmarks.bench_serve                                  # ~10 min on 2 cores
+    python -m benchmarks.bench_serve --gallery 200 --requests 20      # smoke size
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+from retrieval.checkpoint import save_checkpoint
+from retrieval.config import Config, to_dict
+from retrieval.data import table_from_paths
+from retrieval.embed import forward_embeddings
+from retrieval.gallery import build_gallery, open_embedder
+from retrieval.models import build_model
+from retrieval.runtime import resolve_precision
+
+from .common import header, machine_line, write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+CUB_IMAGES = ROOT.parent / "shared" / "data" / "CUB_mini" / "images"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def default_checkpoint(path: Path, backbone: str, size: int, dim: int) -> Path:
+    cfg = Config()
+    cfg.model.pretrained, cfg.model.backbone, cfg.model.embedding_dim = "none", backbone, dim
+    cfg.data.image_size, cfg.data.resize = size, size * 9 // 8
+    model = build_model(cfg.model, num_classes=100, load_weights=False)
+    save_checkpoint(path, {"model": model.state_dict(), "config": to_dict(cfg), "num_classes": 100, "epoch": 0})
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(checkpoint: Path, index: Path, threads: int, precision: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "retrieval.serve", "--checkpoint", str(checkpoint), "--index",
+                             str(index), "--port", str(port), "--threads", str(threads), "--precision", precision,
+                             "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise SystemExit(f"bench_serve: the server exited: {proc.stderr.read()}")
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("bench_serve: the server did not start within 120 s")
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def search_once(client: httpx.Client, url: str, data: bytes) -> float:
+    start = time.perf_counter()
+    response = client.post(url + "/search", params={"k": 10}, files=[("images", ("q", data, "application/octet-stream"))])
+    elapsed = time.perf_counter() - start
+    if response.status_code != 200 or len(response.json()["queries"][0]["results"]) != 10:
+        raise RuntimeError(f"search failed: {response.status_code} {response.text[:200]}")
+    return elapsed
+
+
+def latency(url: str, embedder, queries: list[bytes], repeats: int, dtype) -> dict:
+    """HTTP one image → top-10, alternating with the forward pass alone on the same image."""
+    fmt = torch.channels_last if embedder.cfg.train.channels_last else torch.contiguous_format
+    model = embedder.model.to(memory_format=fmt).eval()
+    http, forward = [], []
+    with httpx.Client(timeout=60) as client:
+        for i in range(repeats + 3):
+            data = queries[i % len(queries)]
+            tensor = embedder.transform(Image.open(io.BytesIO(data)).convert("RGB"))[None]
+            h = search_once(client, url, data)
+            start = time.perf_counter()
+            forward_embeddings(model, tensor, embedder.device, dtype, fmt)
+            f = time.perf_counter() - start
+            if i >= 3:  # warm-up
+                http.append(h)
+                forward.append(f)
+    out = {"http_p50_ms": 1000 * percentile(http, 50), "http_p99_ms": 1000 * percentile(http, 99),
+           "forward_p50_ms": 1000 * percentile(forward, 50), "forward_p99_ms": 1000 * percentile(forward, 99)}
+    out["ratio_p50"] = out["http_p50_ms"] / out["forward_p50_ms"]
+    out["ratio_p99"] = out["http_p99_ms"] / out["forward_p99_ms"]
+    return out
+
+
+def batching_ceiling(embedder, queries: list[bytes], batch: int, dtype, repeats: int = 5) -> float:
+    """Images/s of the forward pass at ``batch`` over images/s at batch 1: the most micro-batching can give here."""
+    fmt = torch.channels_last if embedder.cfg.train.channels_last else torch.contiguous_format
+    tensors = torch.stack([embedder.transform(Image.open(io.BytesIO(q)).convert("RGB")) for q in queries[:batch]])
+    per_image = {}
+    for size in (1, batch):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for i in range(0, batch, size):
+                forward_embeddings(embedder.model, tensors[i:i + size], embedder.device, dtype, fmt)
+            times.append(time.perf_counter() - start)
+        per_image[size] = statistics.median(times) / batch
+    return per_image[1] / per_image[batch]
+
+
+def throughput(url: str, queries: list[bytes], clients: int, requests: int) -> tuple[float, int]:
+    """(requests per second, errors) of ``clients`` threads sending ``requests`` searches in all."""
+    errors, lock, next_request = [0], threading.Lock(), [0]
+
+    def worker():
+        with httpx.Client(timeout=120) as client:
+            while True:
+                with lock:
+                    i = next_request[0]
+                    next_request[0] += 1
+                if i >= requests:
+                    return
+                try:
+                    search_once(client, url, queries[i % len(queries)])
+                except (RuntimeError, httpx.HTTPError):
+                    with lock:
+                        errors[0] += 1
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return requests / (time.perf_counter() - start), errors[0]
+
+
+def writes_under_load(url: str, queries: list[bytes], adds: int) -> dict:
+    """Adds and deletes from one writer while 4 clients search; errors and count consistency."""
+    with httpx.Client(timeout=120) as client:
+        initial = client.get(url + "/healthz").json()["count"]
+    stop, search_errors, searches = threading.Event(), [0], [0]
+
+    def searcher():
+        with httpx.Client(timeout=120) as client:
+            while not stop.is_set():
+                try:
+                    search_once(client, url, queries[searches[0] % len(queries)])
+                    searches[0] += 1
+                except (RuntimeError, httpx.HTTPError):
+                    search_errors[0] += 1
+
+    threads = [threading.Thread(target=searcher) for _ in range(4)]
+    for t in threads:
+        t.start()
+    added, deleted, write_errors, rng = [], 0, 0, random.Random(0)
+    with httpx.Client(timeout=120) as client:
+        for i in range(adds):
+            response = client.post(url + "/items", files=[("images", (f"n{i}", queries[i % len(queries)],
+                                                                       "application/octet-stream"))], data={"labels": ["added"]})
+            if response.status_code == 201:
+                added += response.json()["ids"]
+            else:
+                write_errors += 1
+            if i % 2 == 1:  # delete every other one again, a random earlier addition
+                victim = added.pop(rng.randrange(len(added)))
+                if client.delete(f"{url}/items/{victim}").status_code == 200:
+                    deleted += 1
+                else:
+                    write_errors += 1
+        stop.set()
+        for t in threads:
+            t.join()
+        final = client.get(url + "/healthz").json()["count"]
+    return {"initial": initial, "adds": adds, "deletes": deleted, "final": final,
+            "consistent": final == initial + adds - deleted, "write_errors": write_errors,
+            "searches": searches[0], "search_errors": search_errors[0]}
+
+
+def rss_mb(pid: int) -> dict:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields
+
+
+def screenshot(url: str, query: Path, png: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                                    args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                          "--disable-background-networking", "--disable-component-update"])
+        page = browser.new_page(viewport={"width": 1100, "height": 760})
+        page.goto(url + "/")
+        page.wait_for_selector("#gallery .tile")
+        page.fill("#k", "10")
+        page.set_input_files("#file", str(query))
+        page.wait_for_function("document.querySelectorAll('#results .tile:not(.query)').length === 10")
+        page.check("#attention")
+        page.wait_for_function("document.querySelector('#results .tile.query img').src.startsWith('blob:')")
+        page.wait_for_timeout(1500)
+        png.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(png))
+        browser.close()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", help="checkpoint to serve (default: untrained default config, 224 px)")
+    p.add_argument("--backbone", default="resnet50", help="of the default checkpoint (default resnet50)")
+    p.add_argument("--size", type=int, default=224, help="image size of the default checkpoint (default 224)")
+    p.add_argument("--dim", type=int, default=1536, help="embedding dim of the default checkpoint (default 1536)")
+    p.add_argument("--images", default=str(CUB_IMAGES), help="folder of photographs (default CUB_mini)")
+    p.add_argument("--gallery", type=int, default=1000, help="gallery images (default 1000)")
+    p.add_argument("--requests", type=int, default=100, help="searches per phase (default 100)")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--adds", type=int, default=20, help="adds during the write phase (default 20)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--screenshot", help="also capture the page to this PNG (playwright + chromium)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve"))
+    args = p.parse_args(argv)
+
+    photos = sorted(p for p in Path(args.images).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if len(photos) < 11:
+        print(f"bench_serve: fewer than 11 images under {args.images}; skipped")
+        return 0
+    paths = photos[: args.gallery]
+    out = Path(args.out)
+    work = out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    torch.set_num_threads(args.threads)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint(work / "untrained.pt", args.backbone,
+                                                                                  args.size, args.dim)
+    embedder = open_embedder(checkpoint, "cpu", workers=0, precision=args.precision)
+    table = table_from_paths(paths)
+    build_gallery(embedder, embedder.embed(table), table, work / "index", source="bench_serve")
+    queries = [p.read_bytes() for p in photos[-50:]]  # not in the gallery when there are more photos than it holds
+    dtype = resolve_precision(args.precision, embedder.device)
+
+    proc, url = start_server(checkpoint, work / "index", args.threads, args.precision)
+    try:
+        print(f"server at {url}, {len(paths)} images, {embedder.cfg.model.backbone} at {embedder.cfg.data.image_size} "
+              f"px, {embedder.dim}-d, precision {dtype or 'fp32'}, {args.threads} threads", flush=True)
+        lat = latency(url, embedder, queries, args.requests, dtype)
+        print(f"latency: HTTP p50 {lat['http_p50_ms']:.1f} ms p99 {lat['http_p99_ms']:.1f} ms; forward p50 "
+              f"{lat['forward_p50_ms']:.1f} ms p99 {lat['forward_p99_ms']:.1f} ms; ratio p50 {lat['ratio_p50']:.2f} "
+              f"p99 {lat['ratio_p99']:.2f}", flush=True)
+        phases, errors = {1: [], args.clients: []}, 0
+        for _ in range(2):
+            for clients in (1, args.clients):
+                rate, err = throughput(url, queries, clients, args.requests)
+                phases[clients].append(rate)
+                errors += err
+                print(f"throughput {clients} client(s): {rate:.2f} req/s ({err} errors)", flush=True)
+        stats_before = httpx.get(url + "/stats").json()
+        ceiling = batching_ceiling(embedder, queries, args.clients, dtype)
+        gain = statistics.median(phases[args.clients]) / statistics.median(phases[1])
+        writes = writes_under_load(url, queries, args.adds)
+        print(f"writes: {writes}", flush=True)
+        memory = rss_mb(proc.pid)
+        if args.screenshot:
+            screenshot(url, photos[-1], Path(args.screenshot))
+            print(f"screenshot → {args.screenshot}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    head = header()
+    result = {**head, "gallery": len(paths), "backbone": embedder.cfg.model.backbone,
+              "image_size": embedder.cfg.data.image_size, "dim": embedder.dim, "threads": args.threads,
+              "precision": str(dtype or "fp32"), "latency": lat, "throughput_req_s": phases,
+              "batching_gain": gain, "forward_batch_gain": ceiling, "throughput_errors": errors, "writes": writes, "server_memory_mb": memory,
+              "forward_batches": stats_before["forward_batches"], "images_embedded": stats_before["images_embedded"]}
+    md = "\n".join([
+        f"# retrieval-serve over loopback ({machine_line(head)})", "",
+        f"Gallery: {len(paths)} photographs, {embedder.cfg.model.backbone} at {embedder.cfg.data.image_size} px, "
+        f"{embedder.dim}-d Flat index, precision {dtype or 'fp32'}, {args.threads} torch threads. "
+        f"Command: `python -m benchmarks.bench_serve {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
+        "| measure | value | goal |", "|---|---|---|",
+        f"| one image → top-10 over HTTP, p50 / p99 | {lat['http_p50_ms']:.1f} / {lat['http_p99_ms']:.1f} ms | |",
+        f"| forward pass alone, p50 / p99 | {lat['forward_p50_ms']:.1f} / {lat['forward_p99_ms']:.1f} ms | |",
+        f"| HTTP / forward, p50 / p99 | {lat['ratio_p50']:.2f}× / {lat['ratio_p99']:.2f}× | ≤ 1.3× |",
+        f"| throughput, 1 client (median of 2) | {statistics.median(phases[1]):.2f} req/s | |",
+        f"| throughput, {args.clients} clients (median of 2) | {statistics.median(phases[args.clients]):.2f} req/s | |",
+        f"| micro-batching gain ({args.clients} clients / 1) | {gain:.2f}× | ≥ 1.5× |",
+        f"| the forward pass alone, batch {args.clients} vs batch 1, images/s (the ceiling of that gain here) | "
+        f"{ceiling:.2f}× | |",
+        f"| errors in the throughput phases | {errors} | 0 |",
+        f"| adds / deletes during searches | {writes['adds']} / {writes['deletes']}, {writes['searches']} searches, "
+        f"{writes['write_errors'] + writes['search_errors']} errors, count {writes['initial']} → {writes['final']} "
+        f"({'consistent' if writes['consistent'] else 'INCONSISTENT'}) | 0 errors, consistent |",
+        f"| server memory VmRSS / peak VmHWM | {memory.get('VmRSS', 0):.0f} / {memory.get('VmHWM', 0):.0f} MB | |",
+        f"| forward passes / images embedded (batching) | {stats_before['forward_batches']} / "
+        f"{stats_before['images_embedded']} | |", ""])
+    write_results(out, "serve", result, md)
+    shutil.rmtree(work, ignore_errors=True)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
