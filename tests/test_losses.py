@@ -70,3 +70,24 @@ def test_schedules():
         opt.step()
         sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+def test_cbam_parameters_get_their_own_lr_group_only_when_asked():
+    from retrieval.config import ModelConfig
+    from retrieval.models import build_model
+
+    model = build_model(ModelConfig(backbone="resnet18", pretrained="none", cbam=True, embedding_dim=16),
+                        num_classes=4, load_weights=False)
+    loss = RetrievalLoss(LossConfig(name="triplet"), 4, 16)
+    names = {id(p): n for n, p in model.named_parameters()}
+    opt = build_optimizer(OptimConfig(lr=1e-3, attention_lr_mult=10), model, loss, proxy_lr_mult=100)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert set(groups) == {"model", "attention"} and groups["attention"]["lr"] == pytest.approx(1e-2)
+    assert groups["model"]["lr"] == pytest.approx(1e-3)
+    attention = {names[id(p)] for p in groups["attention"]["params"]}
+    assert attention and all(".cbam." in n for n in attention)
+    assert any(n.endswith("spatial.bn.weight") for n in attention)  # the gate that starts at 0
+    counted = sum(len(g["params"]) for g in opt.param_groups)
+    assert counted == sum(p.requires_grad for p in model.parameters())  # every trainable one in exactly one group
+    plain = build_optimizer(OptimConfig(lr=1e-3), model, loss, proxy_lr_mult=100)
+    assert [g["name"] for g in plain.param_groups] == ["model"]

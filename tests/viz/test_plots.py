@@ -79,3 +79,19 @@ def test_bad_input(tmp_path):
     with pytest.raises(DataError, match="no recall@K or map@r columns"):
         recall_curve(tmp_path / "noeval.csv", tmp_path / "c.png")
     assert not (tmp_path / "c.png").exists()
+
+
+def test_score_figure_reports_separation_and_draws(tmp_path):
+    from retrieval.viz.scores import score_figure
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(8), 10)
+    centres = np.linalg.qr(rng.normal(size=(16, 16)))[0][:8]  # orthogonal class directions
+    x = centres[y] + 0.05 * rng.normal(size=(80, 16))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    separated = score_figure(x, y, tmp_path / "s.png", title="separated")
+    assert separated["same_pairs"] == 8 * 45 and separated["overlap"] < 0.05
+    assert separated["same_mean"] > 0.9 and abs(separated["diff_mean"]) < 0.1
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    mixed = score_figure(x, rng.permutation(y), tmp_path / "m.png")  # labels unrelated to the vectors
+    assert mixed["overlap"] > 0.6
