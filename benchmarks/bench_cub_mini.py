@@ -87,13 +87,11 @@ def attention_spans(model, test, count: int = 64) -> list[float]:
 
 def space_metrics(model, cfg: Config, test) -> dict[str, float]:
     """Embedding-space diagnostics of the test species (see the module docstring)."""
-    from retrieval.embedding_space import compressed_recall, mean_norm, pair_scores
+    from retrieval.embedding_space import describe
 
     x, y = _embed_test(model, cfg, test)
-    same, diff = pair_scores(x, y)
-    out = {"mean_norm": mean_norm(x), "pq16_recall@1": compressed_recall(x, y, "PQ16"),
-           "pq64_recall@1": compressed_recall(x, y, "PQ64"), "cos_same": float(same.mean()),
-           "cos_diff": float(diff.mean())}
+    out = describe(x, y, ("PQ16", "PQ64"))
+    out.pop("exact_recall@1")  # the trainer's evaluation reports exact Recall@K
     for stage, span in enumerate(attention_spans(model, test), start=1):
         out[f"span_stage{stage}"] = span
     return out

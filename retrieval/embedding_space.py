@@ -65,10 +65,33 @@ def compressed_recall(embeddings: np.ndarray, labels: np.ndarray, factory: str) 
     y = np.asarray(labels)
     index = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
-        index.train(x)
+        try:
+            index.train(x)
+        except RuntimeError as err:  # e.g. a PQ codebook of 256 centroids from fewer than 256 vectors
+            raise ValueError(f"{factory}: cannot be trained on {len(x)} vectors ({str(err).splitlines()[-1]})") \
+                from None
     index.add(x)
     _, ids = index.search(x, 2)
     own = np.arange(len(x))
     nearest = np.where(ids[:, 0] == own, ids[:, 1], ids[:, 0])
     found = nearest >= 0
     return float(np.mean(found & (y[np.where(found, nearest, 0)] == y)))
+
+
+def describe(embeddings: np.ndarray, labels: np.ndarray, factories: tuple[str, ...] = ("PQ16",)) -> dict[str, float]:
+    """mean_norm, exact and per-factory leave-one-out Recall@1 (keys ``pq16_recall@1``, ...), mean pair cosines.
+
+    A factory that cannot be trained on this few vectors gets NaN and a warning.
+    """
+    same, diff = pair_scores(embeddings, labels)
+    out = {"mean_norm": mean_norm(embeddings), "exact_recall@1": compressed_recall(embeddings, labels, "Flat")}
+    for factory in factories:
+        try:
+            value = compressed_recall(embeddings, labels, factory)
+        except ValueError as err:
+            log.warning("%s", err)
+            value = float("nan")
+        out[f"{factory.lower().replace(',', '_')}_recall@1"] = value
+    out.update(cos_same=float(same.mean()) if len(same) else float("nan"),
+               cos_diff=float(diff.mean()) if len(diff) else float("nan"))
+    return out

@@ -45,3 +45,26 @@ def test_compressed_recall_flat_matches_brute_force_and_a_cone_breaks_pq():
     assert mean_norm(cone) > 0.95
     spread_pq, cone_pq = compressed_recall(x, y, "PQ4"), compressed_recall(cone, y, "PQ4")
     assert spread_pq > 0.8 * brute and cone_pq < spread_pq
+
+
+def test_describe_collects_the_diagnostics():
+    from retrieval.embedding_space import describe
+
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(10), 30)  # a PQ codebook of 256 centroids needs >= 256 training vectors
+    x = unit(rng.normal(size=(10, 16))[y] + 0.5 * rng.normal(size=(300, 16)))
+    got = describe(x, y, ("PQ4",))
+    assert set(got) == {"mean_norm", "exact_recall@1", "pq4_recall@1", "cos_same", "cos_diff"}
+    assert got["exact_recall@1"] == pytest.approx(compressed_recall(x, y, "Flat"))
+    assert got["mean_norm"] == pytest.approx(mean_norm(x)) and got["cos_same"] > got["cos_diff"]
+
+
+def test_too_few_vectors_for_a_codebook_is_a_clear_error_and_nan_in_describe(caplog):
+    from retrieval.embedding_space import describe
+
+    rng = np.random.default_rng(4)
+    x, y = unit(rng.normal(size=(40, 16))), np.repeat(np.arange(4), 10)
+    with pytest.raises(ValueError, match="PQ4: cannot be trained on 40 vectors"):
+        compressed_recall(x, y, "PQ4")
+    got = describe(x, y, ("PQ4",))
+    assert np.isnan(got["pq4_recall@1"]) and "PQ4" in caplog.text and got["exact_recall@1"] >= 0

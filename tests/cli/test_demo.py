@@ -17,8 +17,10 @@ def test_demo_runs_every_step(tmp_path, capsys):
     result = json.loads((out / "demo.json").read_text())
     assert set(result["trained"]) >= {"recall@1", "recall@8", "map@r"}
     assert set(result["untrained"]) == set(result["trained"])
+    space = result["embedding_space"]
+    assert 0 <= space["mean_norm"] <= 1 and 0 <= space["exact_recall@1"] <= 1 and "norm of the mean" in printed
     for name in ("train/best.pt", "train/last.pt", "train/metrics.csv", "index/index.faiss", "index/manifest.json", "grid.png",
-                 "results.md"):
+                 "results.md", "scores.png"):
         assert (out / name).is_file(), name
     assert demo.main(["--out", str(out), "-q", *TINY]) == 0  # a finished demo folder may be replaced
     assert "replacing" in capsys.readouterr().out
