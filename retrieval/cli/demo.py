@@ -61,9 +61,9 @@ def _untrained_metrics(cfg) -> dict[str, float]:
 
 def _query_images(index_dir: Path, count: int) -> list[str]:
     """One gallery image from each of ``count`` different test classes."""
-    import pandas as pd
+    from ..index import load_index
 
-    meta = pd.read_csv(index_dir / "metadata.csv")
+    meta = load_index(index_dir)[1]
     firsts = meta.groupby("label", sort=True).head(1)
     step = max(1, len(firsts) // count)
     return list(firsts["path"].iloc[::step][:count])
