@@ -27,3 +27,7 @@ class IndexFormatError(RetrievalError, ValueError):
 
 class TrainingError(RetrievalError, RuntimeError):
     """Training cannot go on (a non-finite loss, a run folder that does not fit the config)."""
+
+
+class DistributedError(RetrievalError, RuntimeError):
+    """A rank of a torchrun job lost its peers (another rank failed or was killed; its log says why)."""

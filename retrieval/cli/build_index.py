@@ -3,11 +3,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
+import os
 import sys
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
 from .common import add_checkpoint_arg, add_embedding_args, add_logging_args, command, new_parser, open_embedder_from
+
+
+# A rank whose shard is already done waits at a barrier while the others embed theirs (hours on
+# a large gallery), and every rank waits while rank 0 trains: torch's 30-minute default is too short.
+DIST_TIMEOUT = datetime.timedelta(hours=24)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--append", action="store_true", help="add the images to the existing index in --out")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
     parser.add_argument("--save-embeddings", action="store_true", help="also write embeddings.npy (N, dim) float32")
+    scale = parser.add_argument_group("under torchrun (WORLD_SIZE > 1): each rank embeds a slice, writes a shard, "
+                                      "rank 0 merges them on disk (docs/scaling.md)")
+    scale.add_argument("--train-size", type=int, metavar="N",
+                       help="train the IVF quantizer / PQ codebooks on N gallery vectors sampled from the ranks "
+                            "(default: all)")
+    scale.add_argument("--keep-shards", action="store_true",
+                       help="keep the work folder .INDEX_DIR.shards (trained index, shards) after the merge")
     add_embedding_args(parser)
     add_logging_args(parser)
     return parser
@@ -54,6 +68,21 @@ def _dataset_gallery(args: argparse.Namespace, cfg):
     return dataset, records[["path"]].assign(label=label, split=records["split"])
 
 
+def _dataset_gallery_once(args: argparse.Namespace, cfg, info):
+    """``_dataset_gallery``; under torchrun rank 0 first, so a data set that is prepared on first use (the
+    synthetic one is generated) is written by one process while the others wait."""
+    if info is None:
+        return _dataset_gallery(args, cfg)
+    from ..engine.distributed import barrier
+
+    if not info.is_main:
+        barrier(info)
+    found = _dataset_gallery(args, cfg)
+    if info.is_main:
+        barrier(info)
+    return found
+
+
 def _source_table(args: argparse.Namespace):
     from ..data import table_from_csv, table_from_folder
 
@@ -62,10 +91,54 @@ def _source_table(args: argparse.Namespace):
     return table_from_csv(args.csv), f"csv:{Path(args.csv).resolve()}"
 
 
+def _check_distributed_flags(args: argparse.Namespace, world_size: int) -> None:
+    if world_size <= 1:
+        for flag, value in (("--train-size", args.train_size), ("--keep-shards", args.keep_shards)):
+            if value:
+                raise ConfigError(f"{flag} only applies to a build under torchrun (WORLD_SIZE > 1)")
+        return
+    for flag, value in (("--append", args.append), ("--save-embeddings", args.save_embeddings)):
+        if value:
+            raise ConfigError(f"{flag}: not available under torchrun (a distributed build writes a new on-disk index)")
+    if not args.index_type:
+        raise ConfigError("--index-type: a build under torchrun needs an IVF factory (e.g. IVF4096,Flat or "
+                          "IVF65536,PQ64)")
+    if args.train_size is not None and args.train_size < 1:
+        raise ConfigError(f"--train-size: expected >= 1, got {args.train_size}")
+
+
+def _build_distributed(args: argparse.Namespace, embedder, dataset, metadata, source: str, info) -> dict | None:
+    """Every rank embeds its slice and writes its shard; rank 0 merges (retrieval.index.distributed)."""
+    from torch.utils.data import Subset
+
+    from ..index import build_distributed_index, check_factory, check_shardable
+
+    check_shardable(args.index_type, embedder.dim)
+    check_factory(args.index_type, embedder.dim, len(metadata))  # before the (long) embedding pass
+    if args.train_size is not None and args.train_size < len(metadata):
+        try:
+            check_factory(args.index_type, embedder.dim, args.train_size)
+        except DataError as err:
+            raise ConfigError(f"--train-size {args.train_size}: too small a sample: {err}") from None
+    progress = not args.quiet and info.is_main
+
+    def embed(start: int, stop: int):
+        if dataset is not None:
+            return embedder.embed_dataset(Subset(dataset, range(start, stop)), progress)
+        return embedder.embed(metadata.iloc[start:stop], progress)
+
+    return build_distributed_index(embed, metadata, args.out, factory=args.index_type, rank=info.rank,
+                                   world_size=info.world_size, checkpoint_sha256=embedder.sha256,
+                                   train_size=args.train_size, manifest_extra=embedder.manifest_fields(source),
+                                   overwrite=args.overwrite, keep_shards=args.keep_shards)
+
+
 @command(build_parser)
 def main(args: argparse.Namespace) -> int:
     if args.split and not args.dataset_config:
         raise ConfigError("--split only applies to --dataset-config")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    _check_distributed_flags(args, world_size)
     from ..gallery import build_gallery
     from ..index import check_compatible, check_factory, check_replaceable, read_manifest
 
@@ -75,6 +148,11 @@ def main(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it or --append to add to it")
     check_replaceable(out)  # --overwrite / --append only ever touch an index folder of this project
     table = None if args.dataset_config else _source_table(args)  # missing files fail before the model loads
+    info = None
+    if world_size > 1:
+        from ..engine.distributed import init_distributed
+
+        info = init_distributed(args.device, timeout=DIST_TIMEOUT)
     embedder = open_embedder_from(args)
     factory = args.index_type or "Flat"
     if appending:
@@ -84,10 +162,21 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError(f"--index-type {args.index_type}: {out} is a '{manifest['factory']}' index; "
                               "--append keeps its type (use --overwrite to rebuild)")
     if table is None:
-        dataset, metadata = _dataset_gallery(args, embedder.cfg)
+        dataset, metadata = _dataset_gallery_once(args, embedder.cfg, info)
         source = f"dataset:{args.dataset_config}:{args.split or dataset.records['split'].iloc[0]}"
     else:
         (metadata, source), dataset = table, None
+    if info is not None:
+        from ..engine.distributed import shutdown
+
+        try:
+            manifest = _build_distributed(args, embedder, dataset, metadata, source, info)
+        finally:
+            shutdown(info)
+        if manifest is not None:
+            print(f"indexed {len(metadata)} images on {info.world_size} ranks → {out} ({manifest['count']} entries, "
+                  f"dim {manifest['dim']}, {manifest['factory']}, lists on disk)")
+        return 0
     if not appending:
         check_factory(factory, embedder.dim, len(metadata))  # before the (long) embedding pass
     progress = not args.quiet

@@ -1,6 +1,7 @@
 """torch.distributed set-up for ``torchrun``: NCCL on GPUs, gloo on CPU."""
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -23,15 +24,20 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device_name: str) -> DistInfo:
-    """Join the process group torchrun describes in the environment (no-op for one process)."""
+def init_distributed(device_name: str, timeout: datetime.timedelta | None = None) -> DistInfo:
+    """Join the process group torchrun describes in the environment (no-op for one process).
+
+    ``timeout``: how long a collective (a barrier) may wait; torch's default (30 min for gloo)
+    when None.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        kwargs = {"timeout": timeout} if timeout is not None else {}
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", **kwargs)
     if use_cuda:
         torch.cuda.set_device(info.local_rank)
     return info

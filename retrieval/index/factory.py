@@ -35,7 +35,8 @@ def _suggest_nlist(n: int) -> int:
     return 2 ** max(0, int(math.log2(max(1, n // MIN_POINTS_PER_CENTROID))))
 
 
-def _parse_factory(factory: str, dim: int) -> faiss.Index:
+def parse_factory(factory: str, dim: int) -> faiss.Index:
+    """The empty, untrained index of a FAISS factory string (ConfigError naming --index-type when unparsable)."""
     try:
         return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:
@@ -56,7 +57,7 @@ def _check_training_size(index: faiss.Index, factory: str, n: int) -> None:
 
 def check_factory(factory: str, dim: int, count: int) -> None:
     """Fail early (before embedding a gallery) when ``factory`` cannot be parsed or trained on ``count`` vectors."""
-    index = _parse_factory(factory, dim)
+    index = parse_factory(factory, dim)
     if not index.is_trained:
         _check_training_size(index, factory, count)
 
@@ -67,7 +68,7 @@ def create_index(factory: str, train_vectors: np.ndarray) -> faiss.Index:
     Raises ConfigError for a string FAISS cannot parse and DataError when the gallery is too
     small to train it (naming the factory and how many vectors it needs).
     """
-    index = _parse_factory(factory, train_vectors.shape[1])
+    index = parse_factory(factory, train_vectors.shape[1])
     if not index.is_trained:
         n = len(train_vectors)
         _check_training_size(index, factory, n)

@@ -1,0 +1,266 @@
+"""A gallery index built by the ranks of a ``torchrun`` job: disjoint slices, one shard each, merged on disk.
+
+The recipe of ``shards.py`` (train once, add shards, merge the lists on disk) spread over the
+processes of a torch.distributed group (gloo on CPU, NCCL on GPUs), as clip-retrieval's
+inference + autofaiss do it on Spark:
+
+1. Rank r takes rows ``slice_bounds(N, world)[r]`` of the gallery table: contiguous and in
+   table order, so global ids are the row numbers of the single-process build.
+2. Every rank embeds its slice (the caller's ``embed(start, stop)``) and writes the rows of a
+   seeded sample (``train_size``) that fall in it into the work folder; rank 0 trains the
+   quantizer (+ PQ codebooks) on them in global row order and writes ``trained.faiss``.
+3. Each rank adds its slice to the trained index and writes its shard atomically, with a
+   small JSON receipt (checkpoint sha256, slice bounds, table hash, trained-index hash).
+4. Rank 0 checks and merges the shards (``merge_shards``): a normal index folder with
+   ``ondisk: true``, written atomically.
+
+The work folder (``.DIR.shards`` beside ``DIR``) is shared by the ranks, so on several nodes
+it must sit on a shared file system. A rerun with the same inputs reuses the trained index
+and every shard whose receipt matches, and embeds only the slices that are missing; after a
+successful merge the work folder is removed unless ``keep_shards``.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError, DistributedError
+from ..files import atomic_path, atomic_write_text, remove_stale_temporaries, sha256_file, writer_lock
+from .shards import build_shard, merge_shards, train_empty_index
+
+log = logging.getLogger(__name__)
+
+TRAINED_FILE = "trained.faiss"
+RECEIPT_FORMAT = "retrieval-shard/1"
+
+
+def slice_bounds(count: int, world_size: int) -> list[tuple[int, int]]:
+    """[start, stop) of each rank's rows: contiguous, in order, sizes differing by at most one."""
+    if count < world_size:
+        raise DataError(f"the gallery has {count} images for {world_size} ranks; use at most {count} processes")
+    return [(r * count // world_size, (r + 1) * count // world_size) for r in range(world_size)]
+
+
+def work_dir_for(out_dir: str | Path) -> Path:
+    """The ranks' shared work folder of the index folder ``out_dir``: ``.NAME.shards`` beside it."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f".{out_dir.name}.shards"
+
+
+def table_sha256(table: pd.DataFrame) -> str:
+    """sha256 of the image paths of ``table`` in order (what decides the embeddings of a slice)."""
+    hashed = pd.util.hash_pandas_object(table["path"].astype(str), index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()
+
+
+def _shard_name(rank: int, world_size: int) -> str:
+    return f"shard-{rank:05d}-of-{world_size:05d}.faiss"
+
+
+def _sample_name(rank: int, world_size: int) -> str:
+    return f"sample-{rank:05d}-of-{world_size:05d}.npy"
+
+
+def _receipt(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _read_receipt(path: Path) -> dict | None:
+    """The receipt of ``path`` if both exist and the file has the recorded size, else None."""
+    try:
+        receipt = json.loads(_receipt(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not path.is_file() or path.stat().st_size != receipt.get("bytes"):
+        return None
+    return receipt
+
+
+def _write_receipt(path: Path, fields: dict) -> None:
+    """Written after the file it describes: a receipt means its file is complete."""
+    record = {"format": RECEIPT_FORMAT, **fields, "bytes": path.stat().st_size}
+    atomic_write_text(_receipt(path), json.dumps(record, indent=2) + "\n")
+
+
+def _matches(receipt: dict | None, expected: dict) -> bool:
+    return receipt is not None and all(receipt.get(k) == v for k, v in expected.items())
+
+
+def _collective(op, what: str):
+    """Run a torch.distributed collective; a peer that died becomes one clear error instead of gloo's."""
+    try:
+        return op()
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DistributedError(f"{what}: another rank failed or was killed (its own error is above); finished "
+                               f"shards are kept, rerun the same command to resume ({first[:160]})") from None
+
+
+def _barrier(world_size: int, what: str) -> None:
+    if world_size > 1:
+        import torch.distributed as dist  # only under torchrun: `import retrieval.index` stays torch-free
+
+        _collective(dist.barrier, what)
+
+
+def _from_rank0(value, world_size: int):
+    """Rank 0's ``value`` on every rank (one decision, even if the shared file system lags)."""
+    if world_size == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    _collective(lambda: dist.broadcast_object_list(box, src=0), "waiting for rank 0")
+    return box[0]
+
+
+def _sample_rows(count: int, train_size: int | None, seed: int) -> np.ndarray:
+    """Sorted global rows to train on, as ``build_sharded_index`` draws them (all rows without train_size)."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(count, size=min(count, train_size or count), replace=False))
+
+
+def _train(work: Path, embeddings: np.ndarray, bounds: list[tuple[int, int]], rank: int, factory: str,
+           rows: np.ndarray, trained_key: dict) -> None:
+    """Each rank writes its part of the sample; rank 0 trains on all of it in row order and writes trained.faiss."""
+    world_size = len(bounds)
+    start, stop = bounds[rank]
+    mine = rows[(rows >= start) & (rows < stop)] - start
+    with atomic_path(work / _sample_name(rank, world_size)) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, embeddings[mine])
+    _barrier(world_size, "waiting for every rank's training sample")
+    if rank == 0:
+        parts = [work / _sample_name(r, world_size) for r in range(world_size)]
+        sample = np.concatenate([np.load(p) for p in parts])
+        log.info("training %s on %d vectors gathered from %d ranks", factory, len(sample), world_size)
+        trained = train_empty_index(factory, sample, work / TRAINED_FILE)
+        _write_receipt(trained, {**trained_key, "sha256": sha256_file(trained)})
+        for p in parts:
+            p.unlink()
+    _barrier(world_size, "waiting for rank 0 to train the index")
+
+
+def _clean_work_dir(work: Path, world_size: int) -> None:
+    """Remove the files this build wrote into ``work``, then the folder if nothing else is in it."""
+    names = [TRAINED_FILE] + [_shard_name(r, world_size) for r in range(world_size)]
+    for name in names:
+        for path in (work / name, _receipt(work / name)):
+            path.unlink(missing_ok=True)
+    for r in range(world_size):  # left by a run that failed while training
+        (work / _sample_name(r, world_size)).unlink(missing_ok=True)
+    try:
+        work.rmdir()
+    except OSError:
+        log.warning("%s: kept (it holds files this build did not write)", work)
+
+
+def _usable(path: Path, key: dict) -> str | None:
+    """The sha256 of ``path`` when its receipt matches ``key`` and the file is the one the receipt describes."""
+    receipt = _read_receipt(path)
+    if not _matches(receipt, key):
+        return None
+    found = sha256_file(path)  # a read of the file: cheap next to embedding its slice again
+    return found if found == receipt.get("sha256") else None
+
+
+def _prepare(work: Path, world_size: int) -> None:
+    """Rank 0: create the work folder and drop the temporaries of a killed run (its finished files stay)."""
+    work.mkdir(parents=True, exist_ok=True)
+    names = [TRAINED_FILE] + [n for r in range(world_size) for n in (_shard_name(r, world_size),
+                                                                       _sample_name(r, world_size))]
+    remove_stale_temporaries(work, tuple(names) + tuple(str(Path(n).with_suffix(".json")) for n in names))
+
+
+def _build_shard(work: Path, embeddings: np.ndarray, start: int, key: dict) -> None:
+    shard = work / _shard_name(key["rank"], key["world_size"])
+    build_shard(work / TRAINED_FILE, embeddings, start, shard)
+    _write_receipt(shard, {**key, "sha256": sha256_file(shard)})
+
+
+def _merge(work: Path, bounds: list[tuple[int, int]], metadata: pd.DataFrame, out_dir: str | Path, factory: str,
+           extra: dict, overwrite: bool, keep_shards: bool) -> dict:
+    """Rank 0: check and merge the shards into ``out_dir`` (under its writer lock), then tidy the work folder."""
+    shards = [work / _shard_name(r, len(bounds)) for r in range(len(bounds))]
+    with writer_lock(out_dir, "index writer"):
+        manifest = merge_shards(work / TRAINED_FILE, shards, metadata.reset_index(drop=True), out_dir,
+                                factory=factory, manifest_extra=extra, overwrite=overwrite)
+    if not keep_shards:
+        _clean_work_dir(work, len(bounds))
+    return manifest
+
+
+def build_distributed_index(embed: Callable[[int, int], np.ndarray], metadata: pd.DataFrame, out_dir: str | Path,
+                            *, factory: str, rank: int, world_size: int, checkpoint_sha256: str,
+                            train_size: int | None = None, seed: int = 0, manifest_extra: dict | None = None,
+                            overwrite: bool = False, keep_shards: bool = False,
+                            work_dir: str | Path | None = None) -> dict | None:
+    """Build ``out_dir`` from the ranks of a process group; rank 0 returns the manifest, the others None.
+
+    embed(start, stop): embeddings (stop-start, dim) float32 L2-normalised of metadata rows
+    start … stop-1 (called at most once per rank, and not at all when the rank's shard and
+    the trained index of an earlier run can be reused). metadata: the whole gallery table,
+    identical on every rank. With world_size 1 no process group is needed. Rank 0 holds a
+    lock on the work folder for the whole build, so two jobs with one --out take turns.
+    """
+    work = Path(work_dir) if work_dir is not None else work_dir_for(out_dir)
+    with writer_lock(work, "distributed build") if rank == 0 else contextlib.nullcontext():
+        return _build(embed, metadata, Path(out_dir), work, factory=factory, rank=rank, world_size=world_size,
+                      checkpoint_sha256=checkpoint_sha256, train_size=train_size, seed=seed,
+                      manifest_extra=manifest_extra, overwrite=overwrite, keep_shards=keep_shards)
+
+
+def _build(embed, metadata: pd.DataFrame, out_dir: Path, work: Path, *, factory: str, rank: int, world_size: int,
+           checkpoint_sha256: str, train_size: int | None, seed: int, manifest_extra: dict | None, overwrite: bool,
+           keep_shards: bool) -> dict | None:
+    count = len(metadata)
+    bounds = slice_bounds(count, world_size)
+    start, stop = bounds[rank]
+    if rank == 0:
+        _prepare(work, world_size)
+    _barrier(world_size, "waiting for rank 0 to create the work folder")
+
+    rows = _sample_rows(count, train_size, seed)
+    trained_key = {"factory": factory, "checkpoint_sha256": checkpoint_sha256, "count": count,
+                   "table_sha256": table_sha256(metadata) if rank == 0 else None, "sample_size": len(rows),
+                   "seed": seed}
+    trained_sha = _from_rank0(_usable(work / TRAINED_FILE, trained_key) if rank == 0 else None, world_size)
+    shard_path = work / _shard_name(rank, world_size)
+    shard_key = {"factory": factory, "checkpoint_sha256": checkpoint_sha256, "start": start, "stop": stop,
+                 "table_sha256": table_sha256(metadata.iloc[start:stop]), "rank": rank, "world_size": world_size}
+    reuse = trained_sha is not None and _usable(shard_path, {**shard_key, "trained_sha256": trained_sha}) is not None
+
+    embeddings = None
+    if not reuse:
+        log.info("rank %d/%d: embedding rows %d..%d", rank, world_size, start, stop - 1)
+        embeddings = embed(start, stop)
+        if len(embeddings) != stop - start:
+            raise DataError(f"rank {rank}: embedded {len(embeddings)} images for rows {start}..{stop - 1}")
+    if trained_sha is None:
+        _train(work, embeddings, bounds, rank, factory, rows, trained_key)
+        trained_sha = _from_rank0(sha256_file(work / TRAINED_FILE) if rank == 0 else None, world_size)
+        reuse = _usable(shard_path, {**shard_key, "trained_sha256": trained_sha}) is not None
+    if reuse:
+        log.info("rank %d/%d: reusing finished shard %s (ids %d..%d)", rank, world_size, shard_path.name, start,
+                 stop - 1)
+    else:
+        log.info("rank %d/%d: building shard %s (ids %d..%d)", rank, world_size, shard_path.name, start, stop - 1)
+        _build_shard(work, embeddings, start, {**shard_key, "trained_sha256": trained_sha})
+    _barrier(world_size, "waiting for every rank's shard")
+    if rank != 0:
+        return None
+    extra = {**(manifest_extra or {}), "distributed": {"world_size": world_size, "slices": bounds,
+                                                        "train_size": len(rows), "seed": seed}}
+    return _merge(work, bounds, metadata, out_dir, factory, extra, overwrite, keep_shards)
+
+
+def shard_paths(work_dir: str | Path, world_size: int) -> list[Path]:
+    """The shard files a ``world_size``-rank build writes into ``work_dir``, in rank order."""
+    return [Path(work_dir) / _shard_name(r, world_size) for r in range(world_size)]
+

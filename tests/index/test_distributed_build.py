@@ -1,0 +1,207 @@
+"""build_index under torchrun (2 gloo ranks on CPU) equals the single-process build; reruns redo only missing shards."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import faiss
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import make_checkpoint, make_gallery
+from retrieval.cli.build_index import main as build_index_main
+from retrieval.index import (build_distributed_index, load_index, search, set_search_params, slice_bounds,
+                             work_dir_for)
+from retrieval.index.distributed import shard_paths, table_sha256
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# 4 classes x 42 images: 168 >= 39 x 4 training vectors for IVF4 and for 2-bit PQ (4 centroids per sub-quantizer)
+PER_CLASS, FLAT, PQ = 42, "IVF4,Flat", "IVF4,PQ8x2"
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    return {"root": root, "gallery": make_gallery(root / "gallery", classes=4, per_class=PER_CLASS, size=32),
+            "ckpt": make_checkpoint(root / "a.pt")}
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _flags(big, out, factory, *extra):
+    return ["--checkpoint", str(big["ckpt"]), "--out", str(out), "--images", str(big["gallery"]), "--folder-labels",
+            "--index-type", factory, "--workers", "0", "--device", "cpu", *extra]
+
+
+def _torchrun(big, out, factory, *extra):
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           "-m", "retrieval.cli.build_index", *_flags(big, out, factory, *extra)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def _single(big, out, factory):
+    # torchrun starts its ranks with OMP_NUM_THREADS=1; the reference embeds with one thread too, so both
+    # runs do the same float arithmetic (2 threads vs 1 moves embeddings by ~2e-7, batch splits by 0).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert build_index_main(_flags(big, out, factory, "-q")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _lists(index):
+    """Per inverted list: (sorted ids, their codes in id order) — the whole content of an IVF index."""
+    ivf = faiss.extract_index_ivf(index)
+    out = []
+    for i in range(ivf.nlist):
+        n = ivf.invlists.list_size(i)
+        ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(i), n).copy()
+        codes = faiss.rev_swig_ptr(ivf.invlists.get_codes(i), n * ivf.code_size).copy().reshape(n, -1)
+        order = np.argsort(ids)
+        out.append((ids[order], codes[order]))
+    return out
+
+
+def _assert_same_index(dist_dir, single_dir):
+    (a, meta_a, man_a), (b, meta_b, man_b) = load_index(dist_dir), load_index(single_dir)
+    assert man_a["ondisk"] and not man_b.get("ondisk")
+    for key in ("dim", "count", "factory", "checkpoint_sha256", "source"):
+        assert man_a[key] == man_b[key], key
+    assert man_a["metadata_file"] == "metadata.parquet" and "metadata_file" not in man_b  # Parquet at scale
+    pd.testing.assert_frame_equal(meta_a, meta_b)  # global id = row of the single-process build
+    for (ids_a, codes_a), (ids_b, codes_b) in zip(_lists(a), _lists(b)):
+        np.testing.assert_array_equal(ids_a, ids_b)  # the same quantizer put every vector in the same list
+        np.testing.assert_array_equal(codes_a, codes_b)
+    queries = np.random.default_rng(0).standard_normal((50, a.d)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    for nprobe in (1, 2):
+        set_search_params(a, nprobe=nprobe)
+        set_search_params(b, nprobe=nprobe)
+        (sa, ia), (sb, ib) = search(a, queries, 10), search(b, queries, 10)
+        np.testing.assert_array_equal(ia, ib)
+        np.testing.assert_allclose(sa, sb, atol=1e-6)
+    return man_a
+
+
+@pytest.fixture(scope="module")
+def flat_run(big):
+    out = big["root"] / "flat"
+    proc = _torchrun(big, out, FLAT, "--keep-shards")
+    return out, proc
+
+
+@pytest.mark.slow
+def test_two_ranks_build_the_single_process_index(big, flat_run):
+    out, proc = flat_run
+    manifest = _assert_same_index(out, _single(big, big["root"] / "flat_single", FLAT))
+    n = 4 * PER_CLASS
+    assert manifest["shards"] == 2 and manifest["distributed"]["slices"] == [[0, n // 2], [n // 2, n]]
+    assert f"indexed {n} images on 2 ranks" in proc.stdout
+    for rank, (start, stop) in enumerate(slice_bounds(n, 2)):  # each rank embedded its own slice once
+        assert f"rank {rank}/2: embedding rows {start}..{stop - 1}" in proc.stderr
+    receipts = [json.loads(p.with_suffix(".json").read_text()) for p in shard_paths(work_dir_for(out), 2)]
+    assert [(r["start"], r["stop"]) for r in receipts] == [(0, n // 2), (n // 2, n)]
+    assert receipts[0]["table_sha256"] == table_sha256(load_index(out)[1].iloc[: n // 2])
+
+
+@pytest.mark.slow
+def test_rerun_after_a_lost_shard_rebuilds_only_that_shard(big, flat_run):
+    out, _ = flat_run
+    reference = big["root"] / "flat_reference"
+    shutil.copytree(out, reference)
+    kept, lost = shard_paths(work_dir_for(out), 2)
+    kept_mtime = kept.stat().st_mtime_ns
+    lost.unlink()  # as if rank 1 had been killed before its shard was written: no index folder yet
+    shutil.rmtree(out)
+    proc = _torchrun(big, out, FLAT, "--keep-shards")
+    assert "rank 0/2: reusing finished shard shard-00000-of-00002.faiss" in proc.stderr
+    assert "rank 0/2: embedding rows" not in proc.stderr  # rank 0 did not embed again
+    assert "rank 1/2: building shard shard-00001-of-00002.faiss" in proc.stderr
+    assert "training" not in proc.stderr  # the trained index was reused too
+    assert kept.stat().st_mtime_ns == kept_mtime and lost.is_file()  # read, not rewritten; rebuilt
+    for name in ("index.faiss", "index.ivfdata", "metadata.parquet"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    new, old = (json.loads((d / "manifest.json").read_text()) for d in (out, reference))
+    assert {k: v for k, v in new.items() if k != "created"} == {k: v for k, v in old.items() if k != "created"}
+
+
+@pytest.mark.slow
+def test_two_ranks_pq_equals_the_single_process_pq_index(big):
+    # train_size unset: rank 0 trains on all rows in global order, the single-process build's training set,
+    # so the PQ codebooks (and codes) are identical by construction, not merely close.
+    out = big["root"] / "pq"
+    _torchrun(big, out, PQ)
+    assert not work_dir_for(out).exists()  # removed after the merge without --keep-shards
+    _assert_same_index(out, _single(big, big["root"] / "pq_single", PQ))
+
+
+def test_flags_that_need_torchrun_or_do_not_fit_it(big, tmp_path, monkeypatch, capsys):
+    assert build_index_main(_flags(big, tmp_path / "x", FLAT, "--train-size", "100")) == 2
+    assert "--train-size only applies to a build under torchrun" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert build_index_main(_flags(big, tmp_path / "x", FLAT, "--append")) == 2
+    assert "--append: not available under torchrun" in capsys.readouterr().err
+    flags = [f for f in _flags(big, tmp_path / "x", FLAT) if f not in ("--index-type", FLAT)]
+    assert build_index_main(flags) == 2
+    assert "--index-type: a build under torchrun needs an IVF factory" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def _unit(n, d=16, seed=0):
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_receipts_decide_what_a_rerun_reuses(tmp_path):
+    # one rank in-process: the restart rules without a process group (the torchrun tests above cover 2 ranks)
+    x = _unit(300, seed=4)
+    table = pd.DataFrame({"path": [f"/g/{i}.jpg" for i in range(300)], "label": np.arange(300) % 5})
+    calls = []
+
+    def embed(start, stop):
+        calls.append((start, stop))
+        return x[start:stop]
+
+    def build(**kw):
+        args = {"factory": FLAT, "rank": 0, "world_size": 1, "checkpoint_sha256": "a" * 64, "keep_shards": True,
+                "overwrite": True, **kw}
+        return build_distributed_index(embed, args.pop("table", table), tmp_path / "idx", **args)
+
+    first = build(train_size=200)
+    assert calls == [(0, 300)] and first["distributed"]["train_size"] == 200
+    build(train_size=200)
+    assert calls == [(0, 300)]  # trained index and shard reused: nothing embedded
+    build(train_size=200, checkpoint_sha256="b" * 64)  # another model: embed and train again
+    build(train_size=200, checkpoint_sha256="b" * 64, table=table.assign(path=table["path"] + "x"))  # other images
+    build(train_size=180, checkpoint_sha256="b" * 64, table=table.assign(path=table["path"] + "x"))  # other sample
+    assert calls == [(0, 300)] * 4
+    (tmp_path / ".idx.shards" / "trained.faiss").write_bytes(b"broken")  # same size check fails: retrain
+    build(train_size=180, checkpoint_sha256="b" * 64, table=table.assign(path=table["path"] + "x"))
+    assert len(calls) == 5
+    index, meta, _ = load_index(tmp_path / "idx")
+    set_search_params(index, nprobe=4)
+    assert (search(index, x, 1)[1][:, 0] == np.arange(300)).all() and meta["path"].iloc[0] == "/g/0.jpgx"
+    build(train_size=180, checkpoint_sha256="b" * 64, table=table.assign(path=table["path"] + "x"),
+          keep_shards=False)
+    assert not (tmp_path / ".idx.shards").exists()
+
+
+def test_slices_are_contiguous_and_balanced():
+    assert slice_bounds(10, 3) == [(0, 3), (3, 6), (6, 10)]
+    assert slice_bounds(2, 2) == [(0, 1), (1, 2)]
+    with pytest.raises(Exception, match="the gallery has 1 images for 2 ranks"):
+        slice_bounds(1, 2)
