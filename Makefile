@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench mutation clean
 
 install: $(STAMP)
 
@@ -24,6 +24,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
+
+# Not part of `test` (minutes to hours): mutants of the modules setup.cfg [mutmut] lists, run against
+# their tests; prints the survivors (docs/testing.md). MUTATION_TIMEOUT bounds the run (seconds).
+MUTATION_TIMEOUT ?= 3600
+mutation: $(STAMP)
+	OMP_NUM_THREADS=1 timeout $(MUTATION_TIMEOUT) $(VENV)/bin/mutmut run --max-children $(shell nproc 2>/dev/null || echo 2); \
+		status=$$?; $(VENV)/bin/mutmut results; exit $$status
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs/demo

@@ -67,7 +67,10 @@ def test_grid_picture_has_green_and_red_borders(assets, index_dir, tmp_path, cap
     code, _, err = run(capsys, assets, index_dir, "-k", "9", "--csv", queries, "--grid", grid)
     assert code == 0, err
     image = np.asarray(Image.open(grid).convert("RGB"))
-    assert image.shape[0] > image.shape[1] / 10 > 30  # 2 rows of 10 cells
+    # the layout (viz/grid.py): 2 rows (queries) × 10 columns (query + 9 results) of 112-px thumbnails with a
+    # 4-px border, a 30-px caption and 6-px gaps, plus the gap after the query column and the margins
+    cell_w, cell_h = 112 + 2 * 4 + 6, 112 + 2 * 4 + 30 + 6
+    assert image.shape == (6 + 2 * cell_h, 6 + 10 * cell_w + 6, 3) == (318, 1272, 3)
     colours = {tuple(c) for c in image.reshape(-1, 3)}
     assert (44, 160, 44) in colours and (214, 39, 40) in colours and (31, 119, 180) in colours
     # first result of the first row is the query itself: green border at its top-left corner

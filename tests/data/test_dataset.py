@@ -54,7 +54,24 @@ def test_transforms_follow_cgd():
 
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8))
     assert train(img).shape == test(img).shape == (3, 16, 16)
-    torch.testing.assert_close(test(img), test(img))  # test transform is deterministic
+
+    def normalised(pil):  # the reference, without torchvision: PIL pixels / 255, ImageNet mean and std
+        a = (np.asarray(pil, dtype=np.float32) / 255 - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
+        return torch.from_numpy(a.transpose(2, 0, 1).copy())
+
+    torch.testing.assert_close(test(img), normalised(img.resize((16, 16), Image.BILINEAR)))
+    # train: a 16×16 window of the 20×20 resize, flipped or not; every draw is one of those 50
+    big = normalised(img.resize((20, 20), Image.BILINEAR))
+    windows = {(y, x, flip): big[:, y:y + 16, x:x + 16].flip(-1) if flip else big[:, y:y + 16, x:x + 16]
+               for y in range(5) for x in range(5) for flip in (False, True)}
+    torch.manual_seed(0)
+    drawn = []
+    for _ in range(40):
+        out = train(img)
+        found = [key for key, window in windows.items() if torch.allclose(out, window, atol=1e-5)]
+        assert len(found) == 1, found
+        drawn.append(found[0])
+    assert len(set(drawn)) > 10 and {flip for _, _, flip in drawn} == {False, True}
 
 
 @pytest.mark.parametrize("cache", [False, True])

@@ -76,8 +76,16 @@ def test_wrapped_and_ddp_prefixed_state_dicts_load(tmp_path, tv18):
     torch.testing.assert_close(backbone.conv1.weight, tv18.conv1.weight)
 
 
-def test_load_weights_false_skips_pretrained(tmp_path):
-    build_model(ModelConfig(backbone="resnet18", pretrained=str(tmp_path / "absent.pth")), 0, load_weights=False)
+def test_load_weights_false_skips_pretrained(tmp_path, monkeypatch):
+    from retrieval.models import net
+
+    calls = []
+    monkeypatch.setattr(net, "load_pretrained", lambda backbone, source: calls.append((backbone, source)))
+    cfg = ModelConfig(backbone="resnet18", pretrained=str(tmp_path / "absent.pth"))
+    build_model(cfg, 0, load_weights=False)  # the absent file is never looked at
+    assert calls == []
+    model = build_model(cfg, 0)  # the control: by default the backbone's weights are loaded from cfg.pretrained
+    assert len(calls) == 1 and calls[0][0] is model.backbone and calls[0][1] == cfg.pretrained
 
 
 @pytest.mark.parametrize("case,word", [
