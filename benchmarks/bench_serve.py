@@ -46,7 +46,7 @@ from PIL import Image
 
 from retrieval.checkpoint import save_checkpoint
 from retrieval.config import Config, to_dict
-from retrieval.data import table_from_paths
+from retrieval.data import table_from_folder
 from retrieval.embed import forward_embeddings
 from retrieval.gallery import build_gallery, open_embedder
 from retrieval.models import build_model
@@ -56,7 +56,6 @@ from .common import header, machine_line, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 CUB_IMAGES = ROOT.parent / "shared" / "data" / "CUB_mini" / "images"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def default_checkpoint(path: Path, backbone: str, size: int, dim: int) -> Path:
@@ -260,11 +259,17 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve"))
     args = p.parse_args(argv)
 
-    photos = sorted(p for p in Path(args.images).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if len(photos) < 11:
+    if not Path(args.images).is_dir() or len(table_from_folder(args.images)) < 11:
         print(f"bench_serve: fewer than 11 images under {args.images}; skipped")
         return 0
-    paths = photos[: args.gallery]
+    everything = table_from_folder(args.images, folder_labels=True)  # label = class folder
+    # gallery: evenly spaced over the sorted images, so every class is in it; queries: 50 of the others
+    chosen = np.unique(np.linspace(0, len(everything) - 1, min(args.gallery, len(everything))).astype(int))
+    table = everything.iloc[chosen].reset_index(drop=True)
+    others = everything.drop(index=everything.index[chosen])
+    others = others if len(others) else everything
+    photos = [Path(p) for p in others["path"].iloc[np.linspace(0, len(others) - 1, min(50, len(others))).astype(int)]]
+    paths = list(table["path"])
     out = Path(args.out)
     work = out / "work"
     shutil.rmtree(work, ignore_errors=True)
@@ -273,9 +278,8 @@ def main(argv=None) -> int:
     checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint(work / "untrained.pt", args.backbone,
                                                                                   args.size, args.dim)
     embedder = open_embedder(checkpoint, "cpu", workers=0, precision=args.precision)
-    table = table_from_paths(paths)
     build_gallery(embedder, embedder.embed(table), table, work / "index", source="bench_serve")
-    queries = [p.read_bytes() for p in photos[-50:]]  # not in the gallery when there are more photos than it holds
+    queries = [p.read_bytes() for p in photos]  # not in the gallery when there are more photos than it holds
     dtype = resolve_precision(args.precision, embedder.device)
 
     proc, url = start_server(checkpoint, work / "index", args.threads, args.precision)
@@ -300,7 +304,7 @@ def main(argv=None) -> int:
         print(f"writes: {writes}", flush=True)
         memory = rss_mb(proc.pid)
         if args.screenshot:
-            screenshot(url, photos[-1], Path(args.screenshot))
+            screenshot(url, photos[len(photos) // 2], Path(args.screenshot))
             print(f"screenshot → {args.screenshot}")
     finally:
         proc.send_signal(signal.SIGTERM)
