@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import make_checkpoint, make_gallery
+from tests.conftest import make_checkpoint, make_gallery
 from retrieval.cli.build_index import main as build_index_main
 from retrieval.index import (build_distributed_index, load_index, search, set_search_params, slice_bounds,
                              work_dir_for)
