@@ -100,7 +100,7 @@ def _embedding_space(index_dir: Path, out: Path) -> tuple[dict, str]:
     from ..index import load_index
 
     index, meta, _ = load_index(index_dir)
-    x = index.reconstruct_n(0, index.ntotal)
+    x = np.asarray(index.reconstruct_n(0, index.ntotal), dtype=np.float32)  # a tensor under faiss torch_utils
     y = meta["label"].astype(str).factorize()[0]
     space = describe(x, y, ("PQ16",))
     try:

@@ -128,7 +128,9 @@ class RetrievalService:
         """The stored vector of a live item (reconstructed from the index) — or its image embedded again."""
         info = self.item(item_id)
         try:
-            return self.gallery.index.reconstruct(int(item_id))[None, :]
+            # np.asarray: once faiss.contrib.torch_utils is imported (pytorch-metric-learning's inference
+            # module does), FAISS's reconstruct returns a torch tensor
+            return np.asarray(self.gallery.index.reconstruct(int(item_id)), dtype=np.float32)[None, :]
         except RuntimeError:  # indexes without reconstruction (e.g. some IVF-PQ layouts): embed the image
             return self.embedder.embed(pd.DataFrame({"path": [info["path"]]}), progress=False)
 

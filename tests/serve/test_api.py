@@ -195,3 +195,10 @@ def test_a_failing_forward_pass_fails_only_its_requests():
         batcher.submit(-torch.ones(1, 1, 1, 1)).result(timeout=10)
     assert batcher.submit(torch.ones(1, 1, 1, 1)).result(timeout=10).shape == (1, 1)
     batcher.close()
+
+
+def test_neighbours_work_once_faiss_torch_utils_is_imported(client_for, index_dir):
+    import faiss.contrib.torch_utils  # noqa: F401  (pytorch-metric-learning imports it; it patches FAISS globally)
+
+    hits = client_for(index_dir).get("/items/4/neighbours", params={"k": 2}).json()["queries"][0]["results"]
+    assert hits[0]["id"] == 4
