@@ -17,6 +17,7 @@ from retrieval.cli.build_index import main as build_index_main
 from retrieval.index import (build_distributed_index, load_index, search, set_search_params, slice_bounds,
                              work_dir_for)
 from retrieval.index.distributed import shard_paths, table_sha256
+from tests.index.same_search import assert_same_search
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # 4 classes x 42 images: 168 >= 39 x 4 training vectors for IVF4 and for 2-bit PQ (4 centroids per sub-quantizer)
@@ -88,12 +89,7 @@ def _assert_same_index(dist_dir, single_dir):
         np.testing.assert_array_equal(codes_a, codes_b)
     queries = np.random.default_rng(0).standard_normal((50, a.d)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    for nprobe in (1, 2):
-        set_search_params(a, nprobe=nprobe)
-        set_search_params(b, nprobe=nprobe)
-        (sa, ia), (sb, ib) = search(a, queries, 10), search(b, queries, 10)
-        np.testing.assert_array_equal(ia, ib)
-        np.testing.assert_allclose(sa, sb, atol=1e-6)
+    assert_same_search(a, b, queries, nprobes=(1, 2))
     return man_a
 
 

@@ -15,6 +15,7 @@ from retrieval.errors import ConfigError, IndexFormatError
 from retrieval.index import build_index, load_index, search, set_search_params
 from retrieval.index import (IVFDATA_FILE, build_shard, build_sharded_index, merge_shards,
                                     train_empty_index)
+from tests.index.same_search import assert_same_search
 
 
 def unit(n, d=16, seed=0):
@@ -221,12 +222,7 @@ def test_sharded_pq_equals_the_single_process_pq_index(tmp_path):
     (a, _, ma), (b, _, mb) = load_index(tmp_path / "sharded"), load_index(tmp_path / "single")
     assert ma["ondisk"] and not mb.get("ondisk") and ma["factory"] == mb["factory"] == factory
     queries = unit(40, seed=12)
-    for nprobe in (1, 4):
-        set_search_params(a, nprobe=nprobe)
-        set_search_params(b, nprobe=nprobe)
-        (sa, ia), (sb, ib) = search(a, queries, 10), search(b, queries, 10)
-        np.testing.assert_array_equal(ia, ib)
-        np.testing.assert_allclose(sa, sb, atol=1e-6)
+    assert_same_search(a, b, queries, nprobes=(1, 4))
 
 
 def test_train_size_trains_on_a_sorted_sample(tmp_path, monkeypatch):
