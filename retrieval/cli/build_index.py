@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--append", action="store_true", help="add the images to the existing index in --out")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
-    parser.add_argument("--save-embeddings", action="store_true", help="also write embeddings.npy (N, dim) float32")
+    parser.add_argument("--save-embeddings", action="store_true",
+                        help="also write embeddings.npy (N, dim) float32: what query.py --eval compares an "
+                             "approximate index with")
     scale = parser.add_argument_group("under torchrun (WORLD_SIZE > 1): each rank embeds a slice, writes a shard, "
                                       "rank 0 merges them on disk (docs/scaling.md)")
     scale.add_argument("--train-size", type=int, metavar="N",
@@ -97,9 +99,8 @@ def _check_distributed_flags(args: argparse.Namespace, world_size: int) -> None:
             if value:
                 raise ConfigError(f"{flag} only applies to a build under torchrun (WORLD_SIZE > 1)")
         return
-    for flag, value in (("--append", args.append), ("--save-embeddings", args.save_embeddings)):
-        if value:
-            raise ConfigError(f"{flag}: not available under torchrun (a distributed build writes a new on-disk index)")
+    if args.append:
+        raise ConfigError("--append: not available under torchrun (a distributed build writes a new on-disk index)")
     if not args.index_type:
         raise ConfigError("--index-type: a build under torchrun needs an IVF factory (e.g. IVF4096,Flat or "
                           "IVF65536,PQ64)")
@@ -130,7 +131,8 @@ def _build_distributed(args: argparse.Namespace, embedder, dataset, metadata, so
     return build_distributed_index(embed, metadata, args.out, factory=args.index_type, rank=info.rank,
                                    world_size=info.world_size, checkpoint_sha256=embedder.sha256,
                                    train_size=args.train_size, manifest_extra=embedder.manifest_fields(source),
-                                   overwrite=args.overwrite, keep_shards=args.keep_shards)
+                                   overwrite=args.overwrite, keep_shards=args.keep_shards,
+                                   save_embeddings=args.save_embeddings)
 
 
 @command(build_parser)

@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "of listing results")
     parser.add_argument("--recall-k", metavar="K,K,...", help="K values for --eval (default: the checkpoint's "
                                                              "eval.recall_k)")
+    parser.add_argument("--exact-sample", type=int, default=None, metavar="N",
+                        help="--eval on an approximate index (IVF, PQ, HNSW): also score N of the queries by exact "
+                             "search over the folder's embeddings.npy (build_index.py --save-embeddings), beside the "
+                             "index on the same N (default 1000; 0: off)")
     parser.add_argument("--nprobe", type=int, default=16, help="IVF indexes: lists visited per query (default 16)")
     parser.add_argument("--ef-search", type=int, help="HNSW indexes: candidate list size (FAISS default 16)")
     add_embedding_args(parser)
@@ -70,7 +74,10 @@ def _label_codes(query_labels: pd.Series, gallery_labels: pd.Series) -> tuple[np
     return np.array([names[v] for v in query_labels], np.int64), gallery
 
 
-def _evaluate(args, cfg, queries, gallery, embeddings) -> dict[str, float]:
+def _evaluate(args, cfg, queries, gallery, embeddings) -> tuple[dict[str, float], dict | None]:
+    """(metrics of every query through the index, its comparison with exact search on a sample or None)."""
+    from ..approximation import DEFAULT_SAMPLE, compare_with_exact
+    from ..index.exact import is_exact
     from ..metrics import metrics_from_neighbours
 
     unlabelled = queries["label"] == ""
@@ -80,8 +87,19 @@ def _evaluate(args, cfg, queries, gallery, embeddings) -> dict[str, float]:
     ks = [int(k) for k in args.recall_k.split(",")] if args.recall_k else list(cfg.eval.recall_k)
     q_codes, g_codes = _label_codes(queries["label"], gallery.metadata["label"])
     largest_class = int(np.bincount(g_codes[g_codes >= 0]).max()) if (g_codes >= 0).any() else 0
-    _, ids = gallery.search(embeddings, min(gallery.count, max(max(ks), largest_class)), args.nprobe, args.ef_search)
-    return metrics_from_neighbours(ids, q_codes, g_codes, ks=ks, map_at_r=cfg.eval.map_at_r)
+    depth = min(gallery.count, max(max(ks), largest_class if cfg.eval.map_at_r else 0))
+    _, ids = gallery.search(embeddings, depth, args.nprobe, args.ef_search)
+    result = metrics_from_neighbours(ids, q_codes, g_codes, ks=ks, map_at_r=cfg.eval.map_at_r)
+    sample = DEFAULT_SAMPLE if args.exact_sample is None else args.exact_sample
+    if is_exact(gallery.index) or sample == 0:
+        return result, None
+    comparison = compare_with_exact(gallery, embeddings, q_codes, g_codes, ks, depth, nprobe=args.nprobe,
+                                    ef_search=args.ef_search, sample=sample, map_at_r=cfg.eval.map_at_r)
+    if comparison is None:
+        print(f"note: {gallery.folder} is an approximate {gallery.manifest['factory']} index without "
+              "embeddings.npy, so it is not compared with exact search (build it with --save-embeddings)",
+              file=sys.stderr)
+    return result, comparison
 
 
 def _print_results(queries: pd.DataFrame, results: list[pd.DataFrame], fmt: str) -> None:
@@ -103,21 +121,52 @@ def _print_results(queries: pd.DataFrame, results: list[pd.DataFrame], fmt: str)
             print()
 
 
-def _print_metrics(result: dict[str, float], fmt: str, n_query: int, n_gallery: int) -> None:
+def _search_setting(args: argparse.Namespace, gallery) -> str:
+    factory = gallery.manifest.get("factory", "?")
+    if "IVF" in factory:
+        return f"{factory}, nprobe {args.nprobe}"
+    if "HNSW" in factory and args.ef_search:
+        return f"{factory}, efSearch {args.ef_search}"
+    return factory
+
+
+def _print_metrics(result: dict[str, float], comparison: dict | None, fmt: str, n_query: int, n_gallery: int,
+                   setting: str) -> None:
     if fmt == "json":
-        print(json.dumps({"queries": n_query, "gallery": n_gallery, **result}, indent=2))
-    elif fmt == "csv":
-        print("metric,value\n" + "".join(f"{k},{v:.6f}\n" for k, v in result.items()), end="")
-    else:
-        print(f"{n_query} queries against {n_gallery} gallery images")
-        for key, value in result.items():
-            print(f"  {key:<12s} {value:.4f}")
+        print(json.dumps({"queries": n_query, "gallery": n_gallery, "index": setting, **result,
+                          **({"exact_comparison": comparison} if comparison else {})}, indent=2))
+        return
+    if fmt == "csv":
+        rows = dict(result)
+        if comparison:
+            rows.update({f"sample_index_{k}": v for k, v in comparison["index"].items()})
+            rows.update({f"sample_exact_{k}": v for k, v in comparison["exact"].items()})
+            rows.update(comparison["knn_recall"])
+            rows.update({f"ms_per_query_{k}": v for k, v in comparison["ms_per_query"].items()})
+        print("metric,value\n" + "".join(f"{k},{v:.6f}\n" for k, v in rows.items()), end="")
+        return
+    print(f"{n_query} queries against {n_gallery} gallery images ({setting})")
+    for key, value in result.items():
+        print(f"  {key:<12s} {value:.4f}")
+    if comparison:
+        print(f"\nthe index against exact search (embeddings.npy) on {comparison['sample']} of the queries:")
+        print(f"  {'metric':<14s} {'index':>8s} {'exact':>8s}")
+        for key, exact in comparison["exact"].items():
+            print(f"  {key:<14s} {comparison['index'][key]:8.4f} {exact:8.4f}")
+        for key, value in comparison["knn_recall"].items():
+            print(f"  {key:<14s} {value:8.4f}    (share of the exact top-{key.split('@')[1]} the index returns)")
+        ms = comparison["ms_per_query"]
+        print(f"  {'ms / query':<14s} {ms['index']:8.3f} {ms['exact']:8.3f}")
 
 
 @command(build_parser)
 def main(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ConfigError(f"-k: expected >= 1, got {args.top_k}")
+    if args.exact_sample is not None and not args.eval:
+        raise ConfigError("--exact-sample only applies with --eval")
+    if args.exact_sample is not None and args.exact_sample < 0:
+        raise ConfigError(f"--exact-sample: expected >= 0, got {args.exact_sample}")
     if args.grid:
         from PIL import Image
 
@@ -132,8 +181,8 @@ def main(args: argparse.Namespace) -> int:
     _check_decodable(queries["path"].tolist(), args.workers)
     embeddings = embedder.embed(queries, progress=not args.quiet)
     if args.eval:
-        result = _evaluate(args, embedder.cfg, queries, gallery, embeddings)
-        _print_metrics(result, args.format, len(queries), gallery.count)
+        result, comparison = _evaluate(args, embedder.cfg, queries, gallery, embeddings)
+        _print_metrics(result, comparison, args.format, len(queries), gallery.count, _search_setting(args, gallery))
     results = gallery.results(*gallery.search(embeddings, args.top_k, args.nprobe, args.ef_search))
     if not args.eval:
         _print_results(queries, results, args.format)

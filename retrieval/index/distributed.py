@@ -14,6 +14,10 @@ inference + autofaiss do it on Spark:
 4. Rank 0 checks and merges the shards (``merge_shards``): a normal index folder with
    ``ondisk: true``, written atomically.
 
+With ``save_embeddings`` each rank also writes its slice's embeddings (with a receipt) as soon
+as it has them, before training; rank 0 streams them into the folder's ``embeddings.npy``,
+and a rerun whose shard is missing loads its saved slice instead of embedding it again.
+
 The work folder (``.DIR.shards`` beside ``DIR``) is shared by the ranks, so on several nodes
 it must sit on a shared file system. A rerun with the same inputs reuses the trained index
 and every shard whose receipt matches, and embeds only the slices that are missing; after a
@@ -62,6 +66,10 @@ def table_sha256(table: pd.DataFrame) -> str:
 
 def _shard_name(rank: int, world_size: int) -> str:
     return f"shard-{rank:05d}-of-{world_size:05d}.faiss"
+
+
+def _embeddings_name(rank: int, world_size: int) -> str:
+    return f"embeddings-{rank:05d}-of-{world_size:05d}.npy"
 
 
 def _sample_name(rank: int, world_size: int) -> str:
@@ -149,7 +157,8 @@ def _train(work: Path, embeddings: np.ndarray, bounds: list[tuple[int, int]], ra
 
 def _clean_work_dir(work: Path, world_size: int) -> None:
     """Remove the files this build wrote into ``work``, then the folder if nothing else is in it."""
-    names = [TRAINED_FILE] + [_shard_name(r, world_size) for r in range(world_size)]
+    names = [TRAINED_FILE] + [n for r in range(world_size) for n in (_shard_name(r, world_size),
+                                                                       _embeddings_name(r, world_size))]
     for name in names:
         for path in (work / name, _receipt(work / name)):
             path.unlink(missing_ok=True)
@@ -174,7 +183,8 @@ def _prepare(work: Path, world_size: int) -> None:
     """Rank 0: create the work folder and drop the temporaries of a killed run (its finished files stay)."""
     work.mkdir(parents=True, exist_ok=True)
     names = [TRAINED_FILE] + [n for r in range(world_size) for n in (_shard_name(r, world_size),
-                                                                       _sample_name(r, world_size))]
+                                                                       _sample_name(r, world_size),
+                                                                       _embeddings_name(r, world_size))]
     remove_stale_temporaries(work, tuple(names) + tuple(str(Path(n).with_suffix(".json")) for n in names))
 
 
@@ -184,13 +194,20 @@ def _build_shard(work: Path, embeddings: np.ndarray, start: int, key: dict) -> N
     _write_receipt(shard, {**key, "sha256": sha256_file(shard)})
 
 
+def _save_embeddings(path: Path, embeddings: np.ndarray, key: dict) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(embeddings, dtype=np.float32))
+    _write_receipt(path, {**key, "sha256": sha256_file(path)})
+
+
 def _merge(work: Path, bounds: list[tuple[int, int]], metadata: pd.DataFrame, out_dir: str | Path, factory: str,
-           extra: dict, overwrite: bool, keep_shards: bool) -> dict:
+           extra: dict, overwrite: bool, keep_shards: bool, save_embeddings: bool) -> dict:
     """Rank 0: check and merge the shards into ``out_dir`` (under its writer lock), then tidy the work folder."""
     shards = [work / _shard_name(r, len(bounds)) for r in range(len(bounds))]
+    parts = [work / _embeddings_name(r, len(bounds)) for r in range(len(bounds))] if save_embeddings else None
     with writer_lock(out_dir, "index writer"):
         manifest = merge_shards(work / TRAINED_FILE, shards, metadata.reset_index(drop=True), out_dir,
-                                factory=factory, manifest_extra=extra, overwrite=overwrite)
+                                factory=factory, manifest_extra=extra, overwrite=overwrite, embeddings_parts=parts)
     if not keep_shards:
         _clean_work_dir(work, len(bounds))
     return manifest
@@ -199,7 +216,7 @@ def _merge(work: Path, bounds: list[tuple[int, int]], metadata: pd.DataFrame, ou
 def build_distributed_index(embed: Callable[[int, int], np.ndarray], metadata: pd.DataFrame, out_dir: str | Path,
                             *, factory: str, rank: int, world_size: int, checkpoint_sha256: str,
                             train_size: int | None = None, seed: int = 0, manifest_extra: dict | None = None,
-                            overwrite: bool = False, keep_shards: bool = False,
+                            overwrite: bool = False, keep_shards: bool = False, save_embeddings: bool = False,
                             work_dir: str | Path | None = None) -> dict | None:
     """Build ``out_dir`` from the ranks of a process group; rank 0 returns the manifest, the others None.
 
@@ -208,17 +225,36 @@ def build_distributed_index(embed: Callable[[int, int], np.ndarray], metadata: p
     the trained index of an earlier run can be reused). metadata: the whole gallery table,
     identical on every rank. With world_size 1 no process group is needed. Rank 0 holds a
     lock on the work folder for the whole build, so two jobs with one --out take turns.
+    save_embeddings: also write the folder's embeddings.npy (see the module docstring).
     """
     work = Path(work_dir) if work_dir is not None else work_dir_for(out_dir)
     with writer_lock(work, "distributed build") if rank == 0 else contextlib.nullcontext():
         return _build(embed, metadata, Path(out_dir), work, factory=factory, rank=rank, world_size=world_size,
                       checkpoint_sha256=checkpoint_sha256, train_size=train_size, seed=seed,
-                      manifest_extra=manifest_extra, overwrite=overwrite, keep_shards=keep_shards)
+                      manifest_extra=manifest_extra, overwrite=overwrite, keep_shards=keep_shards,
+                      save_embeddings=save_embeddings)
+
+
+def _embed_slice(embed, work: Path, rank: int, world_size: int, start: int, stop: int, key: dict,
+                 save_embeddings: bool) -> np.ndarray:
+    """The slice's embeddings: saved by an earlier run (with save_embeddings), else ``embed``, saved if asked."""
+    path = work / _embeddings_name(rank, world_size)
+    if save_embeddings and _usable(path, key) is not None:
+        log.info("rank %d/%d: reusing saved embeddings %s (rows %d..%d)", rank, world_size, path.name, start,
+                 stop - 1)
+        return np.load(path, mmap_mode="r")
+    log.info("rank %d/%d: embedding rows %d..%d", rank, world_size, start, stop - 1)
+    embeddings = embed(start, stop)
+    if len(embeddings) != stop - start:
+        raise DataError(f"rank {rank}: embedded {len(embeddings)} images for rows {start}..{stop - 1}")
+    if save_embeddings:
+        _save_embeddings(path, embeddings, key)
+    return embeddings
 
 
 def _build(embed, metadata: pd.DataFrame, out_dir: Path, work: Path, *, factory: str, rank: int, world_size: int,
            checkpoint_sha256: str, train_size: int | None, seed: int, manifest_extra: dict | None, overwrite: bool,
-           keep_shards: bool) -> dict | None:
+           keep_shards: bool, save_embeddings: bool) -> dict | None:
     count = len(metadata)
     bounds = slice_bounds(count, world_size)
     start, stop = bounds[rank]
@@ -235,13 +271,12 @@ def _build(embed, metadata: pd.DataFrame, out_dir: Path, work: Path, *, factory:
     shard_key = {"factory": factory, "checkpoint_sha256": checkpoint_sha256, "start": start, "stop": stop,
                  "table_sha256": table_sha256(metadata.iloc[start:stop]), "rank": rank, "world_size": world_size}
     reuse = trained_sha is not None and _usable(shard_path, {**shard_key, "trained_sha256": trained_sha}) is not None
+    if reuse and save_embeddings:  # the shard alone is not enough: the merge also needs the saved slice
+        reuse = _usable(work / _embeddings_name(rank, world_size), shard_key) is not None
 
     embeddings = None
     if not reuse:
-        log.info("rank %d/%d: embedding rows %d..%d", rank, world_size, start, stop - 1)
-        embeddings = embed(start, stop)
-        if len(embeddings) != stop - start:
-            raise DataError(f"rank {rank}: embedded {len(embeddings)} images for rows {start}..{stop - 1}")
+        embeddings = _embed_slice(embed, work, rank, world_size, start, stop, shard_key, save_embeddings)
     if trained_sha is None:
         _train(work, embeddings, bounds, rank, factory, rows, trained_key)
         trained_sha = _from_rank0(sha256_file(work / TRAINED_FILE) if rank == 0 else None, world_size)
@@ -257,7 +292,7 @@ def _build(embed, metadata: pd.DataFrame, out_dir: Path, work: Path, *, factory:
         return None
     extra = {**(manifest_extra or {}), "distributed": {"world_size": world_size, "slices": bounds,
                                                         "train_size": len(rows), "seed": seed}}
-    return _merge(work, bounds, metadata, out_dir, factory, extra, overwrite, keep_shards)
+    return _merge(work, bounds, metadata, out_dir, factory, extra, overwrite, keep_shards, save_embeddings)
 
 
 def shard_paths(work_dir: str | Path, world_size: int) -> list[Path]:

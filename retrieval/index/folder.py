@@ -268,9 +268,35 @@ def check_compatible(manifest: dict, folder: str | Path, dim: int, checkpoint_sh
             "embeddings of different models are not comparable (rebuild the index)")
 
 
+def stack_npy(parts: Sequence[str | Path], dest: Path, rows: int, dim: int, block_rows: int = 1 << 16) -> None:
+    """Concatenate the (n_i, dim) float32 .npy files ``parts`` into ``dest`` a block at a time (RAM: one block).
+
+    IndexFormatError naming the part when its shape or dtype does not fit, or the rows do not add up to ``rows``.
+    """
+    arrays = [np.load(p, mmap_mode="r") for p in parts]
+    for path, a in zip(parts, arrays):
+        if a.dtype != np.float32 or a.ndim != 2 or a.shape[1] != dim:
+            raise IndexFormatError(f"{path}: {a.dtype} array of shape {a.shape}; expected (n, {dim}) float32")
+    if sum(len(a) for a in arrays) != rows:
+        raise IndexFormatError(f"{len(parts)} embedding parts hold {sum(len(a) for a in arrays)} rows but the "
+                               f"index holds {rows} vectors")
+    out = np.lib.format.open_memmap(dest, mode="w+", dtype=np.float32, shape=(rows, dim))
+    start = 0
+    for a in arrays:
+        for s in range(0, len(a), block_rows):
+            block = a[s:s + block_rows]
+            out[start:start + len(block)] = block
+            start += len(block)
+    out.flush()
+    del out
+
+
 def write_folder(tmp: Path, index: faiss.Index, meta: pd.DataFrame, manifest: dict,
-                  embeddings: np.ndarray | None, metadata_format: str = "csv") -> None:
+                  embeddings: np.ndarray | Sequence[Path] | None, metadata_format: str = "csv") -> None:
     """Write the folder's files into ``tmp`` (the temporary folder ``atomic_dir`` renames) and fsync them.
+
+    embeddings: the (N, dim) array of ``embeddings.npy``, or .npy files holding its rows in order
+    (the ranks' slices of a distributed build, streamed into one file), or None for none.
 
     metadata_format: "csv" (metadata.csv) or "parquet" (metadata.parquet, row groups of
     METADATA_ROW_GROUP rows, recorded in the manifest).
@@ -287,8 +313,10 @@ def write_folder(tmp: Path, index: faiss.Index, meta: pd.DataFrame, manifest: di
     else:
         raise ValueError(f"metadata_format: expected csv or parquet, got {metadata_format!r}")
     manifest["metadata_sha256"] = sha256_file(metadata_path(tmp, manifest))
-    if embeddings is not None:
+    if isinstance(embeddings, np.ndarray):
         np.save(tmp / EMBEDDINGS_FILE, embeddings)
+    elif embeddings is not None:
+        stack_npy(embeddings, tmp / EMBEDDINGS_FILE, rows=index.ntotal, dim=index.d)
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     for name in os.listdir(tmp):
         with open(tmp / name, "rb") as fh:

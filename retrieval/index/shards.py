@@ -168,11 +168,14 @@ def check_shards(trained: faiss.Index, shard_paths: Sequence[str], count: int, t
 
 def merge_shards(trained_path: str | Path, shard_paths: Sequence[str | Path], metadata: pd.DataFrame,
                  out_dir: str | Path, *, factory: str, manifest_extra: dict | None = None,
-                 overwrite: bool = False, metadata_format: str = "parquet") -> dict:
+                 overwrite: bool = False, metadata_format: str = "parquet",
+                 embeddings_parts: Sequence[str | Path] | None = None) -> dict:
     """Merge shards into an index folder with on-disk lists; returns the manifest.
 
     metadata: one row per gallery item in global id order (the shards' ids must cover
     0 … len(metadata)-1), stored as metadata.parquet (``metadata_format="csv"``: metadata.csv).
+    embeddings_parts: .npy files whose rows, concatenated, are the embeddings of ids 0 … N-1,
+    written as the folder's embeddings.npy (what exact search compares the index with).
     Written atomically like retrieval.index.build_index.
     """
     from faiss.contrib.ondisk import merge_ondisk
@@ -191,7 +194,8 @@ def merge_shards(trained_path: str | Path, shard_paths: Sequence[str | Path], me
             raise IndexFormatError(f"merged shards hold {index.ntotal} vectors but metadata has {len(metadata)} rows")
         manifest = new_manifest(index, factory, manifest_extra, ondisk=True, shards=len(shards),
                                 ivfdata_bytes=(tmp / IVFDATA_FILE).stat().st_size)
-        write_folder(tmp, index, normalise_metadata(metadata, index.ntotal), manifest, None, metadata_format)
+        write_folder(tmp, index, normalise_metadata(metadata, index.ntotal), manifest,
+                     [Path(p) for p in embeddings_parts] if embeddings_parts else None, metadata_format)
     log.info("merged %d shards → %s (%d vectors, lists on disk)", len(shards), out_dir, manifest["count"])
     return manifest
 

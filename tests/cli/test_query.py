@@ -1,6 +1,7 @@
 """query command: round trip on a tiny gallery, output formats, grid, --eval, and each bad input."""
 import io
 import json
+import os
 import re
 import shutil
 
@@ -85,7 +86,7 @@ def test_eval_matches_the_metrics_of_the_embeddings(assets, index_dir, tmp_path,
                          "--images", assets["gallery"], "--folder-labels")
     assert code == 0, err
     got = json.loads(out)
-    assert got.pop("queries") == 9 and got.pop("gallery") == 9
+    assert got.pop("queries") == 9 and got.pop("gallery") == 9 and got.pop("index") == "Flat"
     gallery = np.load(index_dir / "embeddings.npy")
     labels = np.repeat(np.arange(3), 3)
     # queries = the gallery images themselves under the query/gallery protocol: each finds itself
@@ -94,6 +95,49 @@ def test_eval_matches_the_metrics_of_the_embeddings(assets, index_dir, tmp_path,
     assert got["recall@1"] == 1.0
     code, out, _ = run(capsys, assets, index_dir, "--eval", "--images", assets["gallery"], "--folder-labels")
     assert "recall@1" in out and "9 queries against 9 gallery images" in out
+
+
+def test_eval_on_an_approximate_index_scores_exact_search_beside_it(assets, index_dir, tmp_path, capsys):
+    from retrieval.approximation import sample_rows
+    from retrieval.data import table_from_folder
+    from retrieval.metrics import metrics_from_neighbours
+
+    approx = tmp_path / "hnsw"  # HNSW needs no training, so 9 images make an approximate index
+    for out, extra in ((approx, ["--save-embeddings"]), (tmp_path / "bare", [])):
+        assert build_index.main(["--checkpoint", str(assets["ckpt"]), "--out", str(out), "--csv", str(assets["csv"]),
+                                 "--index-type", "HNSW4", "-q", *extra, *FAST]) == 0
+    capsys.readouterr()
+    queries = ["--images", assets["gallery"], "--folder-labels"]
+    code, out, err = run(capsys, assets, approx, "--eval", "--format", "json", "--recall-k", "1,4",
+                         "--exact-sample", "5", *queries)
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["index"] == "HNSW4"
+    comparison = got["exact_comparison"]
+    assert comparison["sample"] == 5 and set(comparison["ms_per_query"]) == {"index", "exact"}
+    # the exact side is brute force over embeddings.npy for the sampled queries (query order = sorted paths)
+    gallery, meta = np.load(approx / "embeddings.npy"), pd.read_csv(approx / "metadata.csv")
+    labels = meta["label"].astype(str)
+    codes = labels.map({name: i for i, name in enumerate(sorted(set(labels)))}).to_numpy()
+    row_of = {os.path.realpath(p): i for i, p in enumerate(meta["path"])}
+    query_rows = [row_of[os.path.realpath(p)] for p in table_from_folder(assets["gallery"], folder_labels=True)["path"]]
+    rows = np.array(query_rows)[sample_rows(9, 5)]  # the queries are the gallery images, in another order
+    neighbours = np.argsort(-(gallery[rows] @ gallery.T), axis=1, kind="stable")[:, :4]
+    assert comparison["exact"] == pytest.approx(metrics_from_neighbours(neighbours, codes[rows], codes, ks=[1, 4]))
+    assert comparison["index"] == pytest.approx(comparison["exact"])  # 9 vectors: the graph reaches them all
+    assert comparison["knn_recall"] == {"knn_recall@1": 1.0, "knn_recall@4": 1.0}
+    code, out, err = run(capsys, assets, approx, "--eval", *queries)
+    assert code == 0 and "the index against exact search (embeddings.npy) on 9 of the queries" in out
+    assert "knn_recall@2" in out and "ms / query" in out  # K: the checkpoint's eval.recall_k [1, 2]
+    code, out, err = run(capsys, assets, tmp_path / "bare", "--eval", *queries)
+    assert code == 0 and "recall@1" in out and "exact search" not in out
+    assert "approximate HNSW4 index without embeddings.npy, so it is not compared with exact search" in err
+    code, out, _ = run(capsys, assets, index_dir, "--eval", "--format", "csv", *queries)  # Flat: exact already
+    assert code == 0 and "knn_recall" not in out and "sample_" not in out
+    code, _, err = run(capsys, assets, approx, "--exact-sample", "5", *queries)
+    assert code == 2 and "--exact-sample only applies with --eval" in err
+    code, _, err = run(capsys, assets, approx, "--eval", "--exact-sample", "-1", *queries)
+    assert code == 2 and "--exact-sample: expected >= 0, got -1" in err
 
 
 @pytest.fixture()

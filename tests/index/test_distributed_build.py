@@ -42,13 +42,19 @@ def _flags(big, out, factory, *extra):
             "--index-type", factory, "--workers", "0", "--device", "cpu", *extra]
 
 
-def _torchrun(big, out, factory, *extra):
+def _torchrun(big, out, factory, *extra, kill_rank=None):
+    """build_index under torchrun with 2 ranks; kill_rank: that rank SIGKILLs itself before writing its shard."""
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
+    program = ["-m", "retrieval.cli.build_index"]
+    if kill_rank is not None:
+        env["KILL_RANK"] = str(kill_rank)
+        program = [os.path.join(ROOT, "tests", "index", "kill_rank.py")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           "-m", "retrieval.cli.build_index", *_flags(big, out, factory, *extra)]
+           *program, *_flags(big, out, factory, *extra)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
-    assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    if kill_rank is None:
+        assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
 
@@ -58,7 +64,7 @@ def _single(big, out, factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert build_index_main(_flags(big, out, factory, "-q")) == 0
+        assert build_index_main(_flags(big, out, factory, "-q", "--save-embeddings")) == 0
     finally:
         torch.set_num_threads(threads)
     return out
@@ -90,19 +96,22 @@ def _assert_same_index(dist_dir, single_dir):
     queries = np.random.default_rng(0).standard_normal((50, a.d)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     assert_same_search(a, b, queries, nprobes=(1, 2))
+    if (dist_dir / "embeddings.npy").exists():  # streamed from the ranks' saved slices, in id order
+        np.testing.assert_array_equal(np.load(dist_dir / "embeddings.npy"), np.load(single_dir / "embeddings.npy"))
     return man_a
 
 
 @pytest.fixture(scope="module")
 def flat_run(big):
     out = big["root"] / "flat"
-    proc = _torchrun(big, out, FLAT, "--keep-shards")
+    proc = _torchrun(big, out, FLAT, "--keep-shards", "--save-embeddings")
     return out, proc
 
 
 @pytest.mark.slow
 def test_two_ranks_build_the_single_process_index(big, flat_run):
     out, proc = flat_run
+    assert (out / "embeddings.npy").is_file()
     manifest = _assert_same_index(out, _single(big, big["root"] / "flat_single", FLAT))
     n = 4 * PER_CLASS
     assert manifest["shards"] == 2 and manifest["distributed"]["slices"] == [[0, n // 2], [n // 2, n]]
@@ -115,21 +124,23 @@ def test_two_ranks_build_the_single_process_index(big, flat_run):
 
 
 @pytest.mark.slow
-def test_rerun_after_a_lost_shard_rebuilds_only_that_shard(big, flat_run):
-    out, _ = flat_run
-    reference = big["root"] / "flat_reference"
-    shutil.copytree(out, reference)
+def test_a_rank_killed_before_its_shard_costs_only_that_shard(big, flat_run):
+    reference, _ = flat_run  # the same build, uninterrupted
+    out = big["root"] / "killed"
+    proc = _torchrun(big, out, FLAT, "--keep-shards", "--save-embeddings", kill_rank=1)
+    assert proc.returncode != 0 and not out.exists()  # no index folder from a failed job
     kept, lost = shard_paths(work_dir_for(out), 2)
+    assert kept.is_file() and not lost.exists()
+    assert not [p for p in work_dir_for(out).iterdir() if ".tmp" in p.name]  # only finished files or none
     kept_mtime = kept.stat().st_mtime_ns
-    lost.unlink()  # as if rank 1 had been killed before its shard was written: no index folder yet
-    shutil.rmtree(out)
-    proc = _torchrun(big, out, FLAT, "--keep-shards")
+    proc = _torchrun(big, out, FLAT, "--keep-shards", "--save-embeddings")
     assert "rank 0/2: reusing finished shard shard-00000-of-00002.faiss" in proc.stderr
-    assert "rank 0/2: embedding rows" not in proc.stderr  # rank 0 did not embed again
+    assert "embedding rows" not in proc.stderr  # rank 1's slice was saved before it died: nobody embeds again
+    assert "rank 1/2: reusing saved embeddings embeddings-00001-of-00002.npy" in proc.stderr
     assert "rank 1/2: building shard shard-00001-of-00002.faiss" in proc.stderr
     assert "training" not in proc.stderr  # the trained index was reused too
     assert kept.stat().st_mtime_ns == kept_mtime and lost.is_file()  # read, not rewritten; rebuilt
-    for name in ("index.faiss", "index.ivfdata", "metadata.parquet"):
+    for name in ("index.faiss", "index.ivfdata", "metadata.parquet", "embeddings.npy"):
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     new, old = (json.loads((d / "manifest.json").read_text()) for d in (out, reference))
     assert {k: v for k, v in new.items() if k != "created"} == {k: v for k, v in old.items() if k != "created"}
@@ -142,6 +153,7 @@ def test_two_ranks_pq_equals_the_single_process_pq_index(big):
     out = big["root"] / "pq"
     _torchrun(big, out, PQ)
     assert not work_dir_for(out).exists()  # removed after the merge without --keep-shards
+    assert not (out / "embeddings.npy").exists()  # not asked for
     _assert_same_index(out, _single(big, big["root"] / "pq_single", PQ))
 
 
@@ -194,6 +206,30 @@ def test_receipts_decide_what_a_rerun_reuses(tmp_path):
     build(train_size=180, checkpoint_sha256="b" * 64, table=table.assign(path=table["path"] + "x"),
           keep_shards=False)
     assert not (tmp_path / ".idx.shards").exists()
+
+
+def test_saved_embeddings_spare_the_embedding_of_a_lost_shard(tmp_path):
+    x = _unit(300, seed=6)
+    table = pd.DataFrame({"path": [f"/g/{i}.jpg" for i in range(300)], "label": np.arange(300) % 5})
+    calls = []
+
+    def build():
+        return build_distributed_index(lambda a, b: calls.append((a, b)) or x[a:b], table, tmp_path / "idx",
+                                       factory=FLAT, rank=0, world_size=1, checkpoint_sha256="c" * 64,
+                                       keep_shards=True, overwrite=True, save_embeddings=True)
+
+    build()
+    np.testing.assert_array_equal(np.load(tmp_path / "idx" / "embeddings.npy"), x)
+    shard, = shard_paths(tmp_path / ".idx.shards", 1)
+    shard.unlink()
+    build()
+    assert calls == [(0, 300)] and shard.is_file()  # the shard was rebuilt from the saved slice
+    part = tmp_path / ".idx.shards" / "embeddings-00000-of-00001.npy"
+    np.save(part, x[:299])  # a part that does not match its receipt is embedded again
+    shard.unlink()
+    build()
+    assert calls == [(0, 300)] * 2
+    np.testing.assert_array_equal(np.load(tmp_path / "idx" / "embeddings.npy"), x)
 
 
 def test_slices_are_contiguous_and_balanced():
