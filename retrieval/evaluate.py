@@ -27,23 +27,49 @@ def _embed(model: torch.nn.Module, dataset: Dataset, cfg: Config, device, progre
     return embed_dataset(model, loader, device, cfg.train.precision, cfg.train.channels_last, progress)
 
 
-def _test_metrics(model: torch.nn.Module, splits: dict[str, Dataset], cfg: Config, device,
-                  progress: bool) -> tuple[dict[str, float], str]:
-    kwargs = dict(ks=cfg.eval.recall_k, chunk_size=cfg.eval.chunk_size, map_at_r=cfg.eval.map_at_r)
+def _embed_protocol(model: torch.nn.Module, splits: dict[str, Dataset], cfg: Config, device, progress: bool):
+    """(query embeddings, labels, gallery embeddings or None for leave-one-out, labels or None, protocol text)."""
     if "test" in splits:
         embeddings, labels = _embed(model, splits["test"], cfg, device, progress)
-        result = retrieval_metrics(embeddings, labels, **kwargs)
-        protocol = f"leave-one-out on {len(labels)} test images"
-    elif "query" in splits and "gallery" in splits:
+        return embeddings, labels, None, None, f"leave-one-out on {len(labels)} test images"
+    if "query" in splits and "gallery" in splits:
         query, query_labels = _embed(model, splits["query"], cfg, device, progress)
-        embeddings, gallery_labels = _embed(model, splits["gallery"], cfg, device, progress)
-        result = retrieval_metrics(query, query_labels, embeddings, gallery_labels, **kwargs)
-        protocol = f"{len(query_labels)} queries against {len(gallery_labels)} gallery images"
-    else:
-        raise DataError(f"evaluate_splits: expected a 'test' split or 'query' and 'gallery' splits, "
-                        f"got {sorted(splits)}")
-    result["mean_norm"] = mean_norm(embeddings)  # of the test (gallery) embeddings: ~0 spread, ~1 a cone
-    return result, protocol
+        gallery, gallery_labels = _embed(model, splits["gallery"], cfg, device, progress)
+        return query, query_labels, gallery, gallery_labels, (f"{len(query_labels)} queries against "
+                                                              f"{len(gallery_labels)} gallery images")
+    raise DataError(f"evaluate_splits: expected a 'test' split or 'query' and 'gallery' splits, got {sorted(splits)}")
+
+
+def _metrics(query, query_labels, gallery, gallery_labels, cfg: Config) -> dict[str, float]:
+    result = retrieval_metrics(query, query_labels, gallery, gallery_labels, ks=cfg.eval.recall_k,
+                               chunk_size=cfg.eval.chunk_size, map_at_r=cfg.eval.map_at_r)
+    # of the test (gallery) embeddings: ~0 spread, ~1 a cone
+    result["mean_norm"] = mean_norm(query if gallery is None else gallery)
+    return result
+
+
+def _test_metrics(model: torch.nn.Module, splits: dict[str, Dataset], cfg: Config, device,
+                  progress: bool) -> tuple[dict[str, float], str]:
+    *embedded, protocol = _embed_protocol(model, splits, cfg, device, progress)
+    return _metrics(*embedded, cfg), protocol
+
+
+def evaluate_with_index(model: torch.nn.Module, splits: dict[str, Dataset], cfg: Config, device, factory: str,
+                        nprobe: int | None = None, progress: bool = True) -> tuple[dict[str, float], dict]:
+    """``evaluate_splits``'s exact metrics of the test protocol, and a ``factory`` index's beside them.
+
+    The index is built in memory over the test (gallery) embeddings, which are embedded once;
+    the comparison is ``retrieval.approximation.index_vs_exact``'s (metrics of both searches,
+    k-NN recall, time per query). A 'val' split is not scored here.
+    """
+    from .approximation import index_vs_exact
+
+    query, query_labels, gallery, gallery_labels, protocol = _embed_protocol(model, splits, cfg, device, progress)
+    comparison = index_vs_exact(query, query_labels, factory, cfg.eval.recall_k, gallery=gallery,
+                                gallery_labels=gallery_labels, nprobe=nprobe, map_at_r=cfg.eval.map_at_r)
+    log.info("%s (%s): %s", comparison["index_setting"], protocol,
+             ", ".join(f"{k}={v:.4f}" for k, v in comparison["index"].items()))
+    return _metrics(query, query_labels, gallery, gallery_labels, cfg), comparison
 
 
 def evaluate_splits(model: torch.nn.Module, splits: dict[str, Dataset], cfg: Config, device,

@@ -90,7 +90,7 @@ def sort_ties(scores: np.ndarray, ids: np.ndarray) -> None:
         ids[rows] = np.take_along_axis(ids[rows], order, axis=1)
 
 
-def _drop_self(ids: np.ndarray, self_ids: np.ndarray) -> np.ndarray:
+def drop_self(ids: np.ndarray, self_ids: np.ndarray) -> np.ndarray:
     """Remove each query's own row id from its neighbour list (the last one if it is absent): (n, K+1) → (n, K)."""
     is_self = ids == self_ids[:, None]
     pos = np.where(is_self.any(axis=1), is_self.argmax(axis=1), ids.shape[1] - 1)
@@ -112,7 +112,7 @@ def knn_chunks(query: np.ndarray, gallery: np.ndarray, k: int, chunk_size: int =
                                 metric=faiss.METRIC_INNER_PRODUCT)
         sort_ties(scores, ids)
         if leave_one_out:
-            ids = _drop_self(ids, np.arange(start, start + len(ids)))
+            ids = drop_self(ids, np.arange(start, start + len(ids)))
         yield start, ids
 
 
@@ -202,17 +202,18 @@ def retrieval_metrics(query: np.ndarray, query_labels, gallery: np.ndarray | Non
 
 
 def metrics_from_neighbours(neighbour_ids: np.ndarray, query_labels, gallery_labels, ks: Sequence[int] = (1, 2, 4, 8),
-                            map_at_r: bool = True) -> dict[str, float]:
-    """The same metrics from ranked search results (query/gallery protocol), e.g. of an approximate index.
+                            map_at_r: bool = True, leave_one_out: bool = False) -> dict[str, float]:
+    """The same metrics from ranked search results, e.g. of an approximate index.
 
     neighbour_ids: (Nq, K) int64 gallery rows, best first, -1 = no result (a miss);
     query_labels: (Nq,) int; gallery_labels: (Ng,) int. Ranks beyond K count as misses, so
-    MAP@R is exact only when K >= the largest R.
+    MAP@R is exact only when K >= the largest R. leave_one_out: query i is gallery row i and
+    its own row is already dropped from its list (``drop_self``), so R counts the others.
     """
     ids = np.asarray(neighbour_ids, dtype=np.int64)
     query_labels = _as_labels(query_labels, len(ids), "query_labels")
     gallery_labels = np.asarray(gallery_labels, dtype=np.int64)
     if ids.ndim != 2 or (ids.size and ids.max() >= len(gallery_labels)):
         raise ValueError(f"neighbour_ids: expected (Nq, K) rows of ids < {len(gallery_labels)}, got shape {ids.shape}")
-    r = _same_class_counts(query_labels, gallery_labels, leave_one_out=False)
-    return _average(query_labels, gallery_labels, r, [(0, ids)], ks, map_at_r, len(gallery_labels))
+    r = _same_class_counts(query_labels, gallery_labels, leave_one_out=leave_one_out)
+    return _average(query_labels, gallery_labels, r, [(0, ids)], ks, map_at_r, len(gallery_labels) - leave_one_out)

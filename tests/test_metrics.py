@@ -263,9 +263,9 @@ def test_drop_self_removes_the_own_row_or_else_the_last():
     self_ids = np.array([0, 1, 2, 3, 4])
     # own id at position 1 in rows 0 and 2; absent (so the last is dropped) in rows 1, 3 and 4
     want = [[4, 7], [0, 4], [1, 0], [5, 6], [3, 3]]
-    assert M._drop_self(ids, self_ids).tolist() == want
+    assert M.drop_self(ids, self_ids).tolist() == want
     first = np.array([[2, 5, 1], [9, 1, 3]])
-    assert M._drop_self(first, np.array([2, 3])).tolist() == [[5, 1], [9, 1]]  # own id first; own id last
+    assert M.drop_self(first, np.array([2, 3])).tolist() == [[5, 1], [9, 1]]  # own id first; own id last
 
 
 def test_neighbour_lists_shorter_than_r_are_padded_with_misses():

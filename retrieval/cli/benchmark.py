@@ -4,7 +4,10 @@ The data set and protocol come from ``--config`` (default: the checkpoint's own 
 ``section.key=value`` overrides: leave-one-out on the test split (CUB, Cars196, SOP) or
 queries against the gallery (In-Shop); K = the config's ``eval.recall_k``. The model is
 always the checkpoint's, evaluated at the image size it was trained with unless
-``data.image_size=...`` is given. Writes ``recall_<data.name>.json`` and ``.md`` to ``--out``.
+``data.image_size=...`` is given. ``--index-type`` adds a column: the same protocol searched
+through that FAISS index (built in memory over the test embeddings), with its k-NN recall
+against exact search, so the cost of an IVF / PQ setting shows next to exact Recall@K.
+Writes ``recall_<data.name>.json`` and ``.md`` to ``--out``.
 """
 from __future__ import annotations
 
@@ -38,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs/benchmark", metavar="DIR",
                         help="folder for recall_<dataset>.json and .md (default runs/benchmark)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--index-type", metavar="FACTORY",
+                        help="also search the protocol through this FAISS index (e.g. IVF64,PQ16) and report its "
+                             "metrics and k-NN recall beside exact search")
+    parser.add_argument("--nprobe", type=int, default=16, help="with an IVF --index-type: lists visited per query "
+                                                               "(default 16)")
     parser.add_argument("--batch-size", type=int, help="images per forward pass (default: the config's "
                                                        "eval.batch_size)")
     parser.add_argument("--workers", type=int, help="data-loader worker processes (default: data.num_workers)")
@@ -85,15 +93,23 @@ def _pct(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
 
-def _rows(metrics: dict, ks: list[int], published) -> list[tuple[str, str, str]]:
-    """(metric, ours %, published %) rows: Recall@K for the config's K, then MAP@R and R-precision."""
+def _rows(metrics: dict, ks: list[int], published, comparison: dict | None = None) -> list[tuple[str, ...]]:
+    """(metric, ours %, [index %,] published %) rows: Recall@K for the config's K, MAP@R, R-precision,
+    then (with an index comparison) its k-NN recall and the time per query of each search."""
+    index = comparison["index"] if comparison else None
     rows = []
     for k in ks:
         paper = published.at(k) if published is not None else None
-        rows.append((f"R@{k}", _pct(metrics.get(f"recall@{k}")), "n/a" if paper is None else f"{paper:.1f}"))
+        cells = [_pct(metrics.get(f"recall@{k}"))] + ([_pct(index.get(f"recall@{k}"))] if index else [])
+        rows.append((f"R@{k}", *cells, "n/a" if paper is None else f"{paper:.1f}"))
     for key, name in (("map@r", "MAP@R"), ("r_precision", "R-precision")):
-        if key in metrics:
-            rows.append((name, _pct(metrics[key]), "n/a"))  # the CGD paper reports Recall@K only
+        if key in metrics:  # the CGD paper reports Recall@K only
+            rows.append((name, _pct(metrics[key]), *([_pct(index.get(key))] if index else []), "n/a"))
+    if comparison:
+        rows += [(f"kNN-recall@{key.split('@')[1]}", "100.00", _pct(v), "n/a")
+                 for key, v in comparison["knn_recall"].items()]
+        ms = comparison["ms_per_query"]
+        rows.append(("ms / query", f"{ms['exact']:.3f}", f"{ms['index']:.3f}", "n/a"))
     return rows
 
 
@@ -118,13 +134,18 @@ def format_report(result: dict) -> tuple[str, str]:
     if d["name"] in STANDARD_K and result["recall_k"] != STANDARD_K[d["name"]]:
         notes.append(f"note: eval.recall_k={result['recall_k']} differs from the standard K list of "
                      f"{d['name']} {STANDARD_K[d['name']]}")
-    rows = result["rows"]
-    width = max(len(r[0]) for r in rows + [("metric", "", "")])
-    text = [title, f"{'metric':<{width}}  {'ours (%)':>9}  {PUBLISHED_COLUMN + ' (%)'}"]
-    text += [f"{m:<{width}}  {o:>9}  {p:>{len(PUBLISHED_COLUMN) + 4}}" for m, o, p in rows]
-    md = [f"# {title}", "", machine_line(result), "",
-          f"| metric | ours (%) | {PUBLISHED_COLUMN} (%) |", "| --- | ---: | ---: |"]
-    md += [f"| {m} | {o} | {p} |" for m, o, p in rows]
+    rows, comparison = result["rows"], result.get("index_comparison")
+    head = ["metric", "ours (%)"] + ([f"{comparison['index_setting']} (%)"] if comparison else []) + \
+        [PUBLISHED_COLUMN + " (%)"]
+    if comparison:
+        notes.insert(1, f"{head[2]}: the same protocol searched through that FAISS index, built over the test "
+                        "embeddings; kNN-recall@K = share of the exact top-K it returns")
+    widths = [max(len(str(r[i])) for r in rows + [tuple(head)]) for i in range(len(head))]
+    text = [title, "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths)))]
+    text += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    md = [f"# {title}", "", machine_line(result), "", "| " + " | ".join(head) + " |",
+          "| --- |" + " ---: |" * (len(head) - 1)]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
     md += [""] + [f"- {n}" for n in notes] + [f"- command: `{result['command']}`", ""]
     return "\n".join(text + notes) + "\n", "\n".join(md)
 
@@ -134,11 +155,14 @@ def main(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model
     from ..config import to_dict, to_yaml
     from ..data import build_splits
-    from ..evaluate import evaluate_splits
+    from ..errors import ConfigError
+    from ..evaluate import evaluate_splits, evaluate_with_index
     from ..files import atomic_write_text, sha256_file
     from ..published import published_recall
     from ..runtime import resolve_device
 
+    if args.nprobe < 1:
+        raise ConfigError(f"--nprobe: expected >= 1, got {args.nprobe}")
     device = resolve_device(args.device, flag="--device")
     model, trained, state = load_model(args.checkpoint, device)
     cfg = resolve_eval_config(args, state, trained)
@@ -146,8 +170,17 @@ def main(args: argparse.Namespace) -> int:
         print(to_yaml(cfg), end="")
         return 0
     splits = {k: v for k, v in build_splits(cfg.data).items() if k != "train"}
+    if args.index_type:  # a factory that cannot be built fails before the embedding pass
+        from ..index import check_factory
+
+        check_factory(args.index_type, trained.model.embedding_dim, len(splits.get("test") or splits["gallery"]))
     start = time.perf_counter()
-    metrics = evaluate_splits(model, splits, cfg, device, progress=not args.quiet)
+    comparison = None
+    if args.index_type:
+        metrics, comparison = evaluate_with_index(model, splits, cfg, device, args.index_type, args.nprobe,
+                                                  progress=not args.quiet)
+    else:
+        metrics = evaluate_splits(model, splits, cfg, device, progress=not args.quiet)
     seconds = time.perf_counter() - start
 
     published = published_recall(cfg.data.name)
@@ -162,9 +195,9 @@ def main(args: argparse.Namespace) -> int:
         "published": None if published is None else {
             "column": PUBLISHED_COLUMN, "source": published.source, "setting": published.setting,
             "crop": published.crop_text, "recall_percent": {str(k): v for k, v in published.recall.items()}},
-        "config": to_dict(cfg),
+        "config": to_dict(cfg), **({"index_comparison": comparison} if comparison else {}),
     }
-    result["rows"] = _rows(metrics, cfg.eval.recall_k, published)
+    result["rows"] = _rows(metrics, cfg.eval.recall_k, published, comparison)
     text, markdown = format_report(result)
     print(text, end="")
     out = Path(args.out)

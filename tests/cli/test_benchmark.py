@@ -129,6 +129,31 @@ def test_inshop_query_gallery_protocol(assets, inshop_root, tmp_path, capsys):
     assert metrics["recall@50"] == 1.0  # K beyond the 6-image gallery: every query finds its item
 
 
+def test_index_type_column_beside_exact_search(assets, tmp_path, capsys):
+    many = ["data.synthetic_classes=4", "data.synthetic_per_class=40", "data.synthetic_size=32",
+            f"data.root={tmp_path / 'synthetic'}"]  # 80 test images: enough to train 2 IVF lists
+    code, out, err = run(capsys, "--checkpoint", assets["ckpt"], *many, "--index-type", "IVF2,Flat", "--nprobe", "2",
+                         "--out", tmp_path)
+    assert code == 0, err
+    result = json.loads((tmp_path / "recall_synthetic.json").read_text())
+    comparison = result["index_comparison"]
+    assert comparison["index_setting"] == "IVF2,Flat, nprobe 2" and comparison["queries"] == 80
+    # every list visited: the index is exact, so it equals the exact leave-one-out metrics
+    assert comparison["index"] == pytest.approx({k: result["metrics"][k] for k in comparison["index"]}, abs=1e-9)
+    assert comparison["exact"] == pytest.approx(comparison["index"], abs=1e-9)
+    assert comparison["knn_recall"] == {"knn_recall@1": 1.0, "knn_recall@2": 1.0}
+    header = next(line for line in out.splitlines() if line.startswith("metric"))
+    assert header.split()[:5] == ["metric", "ours", "(%)", "IVF2,Flat,", "nprobe"]
+    r1 = next(line for line in out.splitlines() if line.startswith("R@1 ")).split()
+    assert r1[1] == r1[2] == f"{100 * result['metrics']['recall@1']:.2f}"
+    assert any(line.startswith("kNN-recall@2 ") and line.split()[2] == "100.00" for line in out.splitlines())
+    assert "| metric | ours (%) | IVF2,Flat, nprobe 2 (%) |" in (tmp_path / "recall_synthetic.md").read_text()
+    code, _, err = run(capsys, "--checkpoint", assets["ckpt"], *many, "--index-type", "IVF64,Flat", "--out", tmp_path)
+    assert code == 2 and "--index-type 'IVF64,Flat' needs at least 2,496 gallery vectors" in err
+    code, _, err = run(capsys, "--checkpoint", assets["ckpt"], *many, "--index-type", "IVF2,Flat", "--nprobe", "0")
+    assert code == 2 and "--nprobe: expected >= 1, got 0" in err
+
+
 def test_print_config_and_errors(assets, tmp_path, capsys):
     code, out, _ = run(capsys, "--checkpoint", assets["ckpt"], f"data.root={tmp_path}", "--print-config")
     assert code == 0 and "image_size: 32" in out and "backbone: resnet18" in out

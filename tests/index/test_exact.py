@@ -3,12 +3,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retrieval.approximation import compare_with_exact, sample_rows
+import faiss
+
+from retrieval.approximation import compare_with_exact, index_vs_exact, sample_rows
 from retrieval.errors import IndexFormatError
 from retrieval.gallery import open_gallery
 from retrieval.index import build_index, remove_entries
 from retrieval.index.exact import exact_search, is_exact, knn_recall, stored_embeddings
-from retrieval.metrics import metrics_from_neighbours
+from retrieval.metrics import metrics_from_neighbours, retrieval_metrics, sort_ties
 
 
 def _unit(n, d=16, seed=0):
@@ -99,3 +101,22 @@ def test_an_ivf_flat_index_visiting_every_list_is_exact_and_removed_entries_stay
 def test_no_comparison_without_stored_embeddings(tmp_path):
     gallery, x, labels = _folder(tmp_path, "IVF4,Flat", save=False)
     assert compare_with_exact(gallery, x[:5], labels[:5], labels, ks=[1], depth=1) is None
+
+
+def test_leave_one_out_through_an_index_against_the_exact_metrics():
+    x, labels = _unit(700, seed=7), np.arange(700) % 20
+    full = index_vs_exact(x, labels, "IVF4,Flat", ks=[1, 4], nprobe=4)  # every list: exact
+    assert full["exact"] == pytest.approx(retrieval_metrics(x, labels, ks=[1, 4]))  # the metrics' own reference
+    assert full["index"] == pytest.approx(full["exact"]) and full["knn_recall"]["knn_recall@4"] == 1.0
+    coarse = index_vs_exact(x, labels, "IVF8,PQ4x4", ks=[1, 4], nprobe=1)
+    index = faiss.index_factory(16, "IVF8,PQ4x4", faiss.METRIC_INNER_PRODUCT)  # the same index by hand
+    index.train(x)
+    index.add(x)
+    index.nprobe = 1
+    scores, ids = index.search(x, 36)  # depth 35 (the class size) + the query itself
+    sort_ties(scores, ids)  # 2-byte codes tie often: the project ranks ties by id
+    own = ids == np.arange(700)[:, None]
+    ids = np.array([row[~mask][:35] if mask.any() else row[:35] for row, mask in zip(ids, own)])
+    assert coarse["index"] == pytest.approx(metrics_from_neighbours(ids, labels, labels, ks=[1, 4], leave_one_out=True))
+    assert coarse["knn_recall"]["knn_recall@4"] < 0.9
+    assert coarse["index_setting"] == "IVF8,PQ4x4, nprobe 1" and coarse["queries"] == 700
