@@ -10,7 +10,10 @@ quantizer is trained on a sample (``--train-size``); then
   coverage check, ``merge_ondisk``, metadata.parquet, manifest): seconds and peak memory;
 - ``single``: the same trained quantizer, all N vectors loaded and added in one process, the
   folder written with an in-memory index and metadata.csv (what ``build_index.py`` does without
-  ``torchrun``).
+  ``torchrun``);
+- ``exact``: what ``query.py --eval`` adds on such a gallery: ``--queries`` noisy copies of
+  gallery rows through the merged on-disk index (``--nprobe``) and through ``exact_search``
+  over the memory-mapped gallery: seconds and peak memory of each, and kNN-recall@10.
 
 Each phase runs in its own process, so each peak is its own. Memory: peak VmHWM (resident set,
 file-backed pages included) and, sampled every 20 ms, the peak of anonymous memory (RssAnon:
@@ -45,7 +48,7 @@ from .common import header, machine_line, write_results
 
 log = logging.getLogger("benchmarks.bench_merge")
 
-PHASES = ("build", "merge", "single")
+PHASES = ("build", "merge", "single", "exact")
 
 
 def _status_kb() -> dict[str, int]:
@@ -167,7 +170,30 @@ def phase_single(work: Path, args) -> dict:
     return {"seconds": round(seconds, 3), **mem.report(), "count": int(index.ntotal)}
 
 
-PHASE_FUNCTIONS = {"build": phase_shards, "merge": phase_merge, "single": phase_single}
+def phase_exact(work: Path, args) -> dict:
+    from retrieval.gallery import open_gallery
+    from retrieval.index.exact import exact_search, knn_recall
+
+    x = np.load(work / "gallery.npy", mmap_mode="r")
+    rng = np.random.default_rng(1)
+    q = np.asarray(x[np.sort(rng.choice(len(x), size=args.queries, replace=False))])
+    q = q + 0.05 * rng.standard_normal(q.shape, dtype=np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    gallery = open_gallery(work / "merged")
+    with PeakMemory() as index_mem:
+        start = time.perf_counter()
+        approx = gallery.search(q, 10, nprobe=args.nprobe)[1]
+        index_s = time.perf_counter() - start
+    with PeakMemory() as exact_mem:
+        start = time.perf_counter()
+        exact = exact_search(x, q, 10)[1]
+        exact_s = time.perf_counter() - start
+    return {"queries": args.queries, "nprobe": args.nprobe, "knn_recall@10": round(knn_recall(approx, exact, 10), 4),
+            "index_s": round(index_s, 3), "index_extra_anon_mb": index_mem.report()["extra_anon_mb"],
+            "exact_s": round(exact_s, 3), **{f"exact_{k}": v for k, v in exact_mem.report().items()}}
+
+
+PHASE_FUNCTIONS = {"build": phase_shards, "merge": phase_merge, "single": phase_single, "exact": phase_exact}
 
 
 def _run_phase(phase: str, work: Path, argv: list[str]) -> dict:
@@ -215,6 +241,11 @@ def markdown(res: dict) -> str:
     lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
     lines += ["", f"merge / single-process time: {res['merge_vs_single_seconds']}×; the merge's anonymous memory is "
                   f"{res['merge_anon_vs_gallery']}× the gallery's size."]
+    e = res["exact"]
+    lines += ["", f"Evaluation at scale: {e['queries']:,} queries through the merged on-disk index (nprobe "
+                  f"{e['nprobe']}) in {e['index_s']} s, and by exact search over the memory-mapped gallery in "
+                  f"{e['exact_s']} s ({e['exact_extra_anon_mb']} MB anonymous, {e['exact_extra_file_mb']} MB "
+                  f"file-backed); kNN-recall@10 of the index {e['knn_recall@10']}."]
     return "\n".join(lines) + "\n"
 
 
@@ -226,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factory", default="IVF1024,Flat")
     p.add_argument("--train-size", type=int, default=65_536)
     p.add_argument("--clusters", type=int, default=2000)
+    p.add_argument("--queries", type=int, default=1000, help="exact phase: queries searched both ways")
+    p.add_argument("--nprobe", type=int, default=16, help="exact phase: lists the index visits per query")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-root", default=None, help="where the temporary work folder goes (default: the system's)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (gallery, shards, both indexes)")
