@@ -25,6 +25,15 @@ from .metrics import drop_self, metrics_from_neighbours
 DEFAULT_SAMPLE = 1000  # queries searched exactly: at 10M x 512-d, ~20 GB read once for the whole sample
 
 
+def search_setting(factory: str, nprobe: int | None = None, ef_search: int | None = None) -> str:
+    """How an index was searched, for report headers: "IVF4096,PQ32, nprobe 16", "HNSW32, efSearch 64", "Flat"."""
+    if nprobe is not None and "IVF" in factory:
+        return f"{factory}, nprobe {nprobe}"
+    if ef_search is not None and "HNSW" in factory:
+        return f"{factory}, efSearch {ef_search}"
+    return factory
+
+
 def sample_rows(count: int, size: int, seed: int = 0) -> np.ndarray:
     """Sorted rows of a seeded sample of ``size`` out of ``count`` (all rows when size >= count)."""
     if size >= count:
@@ -100,6 +109,6 @@ def index_vs_exact(query: np.ndarray, query_labels: np.ndarray, factory: str, ks
     if leave_one_out:
         own = np.arange(len(query))
         approx, exact = drop_self(approx, own), drop_self(exact, own)
-    setting = f"{factory}" + (f", nprobe {nprobe}" if nprobe is not None and "IVF" in factory else "")
     return side_by_side(approx, exact, np.asarray(query_labels, np.int64), gallery_labels, ks, map_at_r, index_s,
-                        exact_s, leave_one_out, index_setting=setting, queries=len(query))
+                        exact_s, leave_one_out, index_setting=search_setting(factory, nprobe, ef_search),
+                        queries=len(query))

@@ -121,15 +121,6 @@ def _print_results(queries: pd.DataFrame, results: list[pd.DataFrame], fmt: str)
             print()
 
 
-def _search_setting(args: argparse.Namespace, gallery) -> str:
-    factory = gallery.manifest.get("factory", "?")
-    if "IVF" in factory:
-        return f"{factory}, nprobe {args.nprobe}"
-    if "HNSW" in factory and args.ef_search:
-        return f"{factory}, efSearch {args.ef_search}"
-    return factory
-
-
 def _print_metrics(result: dict[str, float], comparison: dict | None, fmt: str, n_query: int, n_gallery: int,
                    setting: str) -> None:
     if fmt == "json":
@@ -172,6 +163,7 @@ def main(args: argparse.Namespace) -> int:
 
         if Path(args.grid).suffix.lower() not in Image.registered_extensions():
             raise ConfigError(f"--grid {args.grid}: unknown image extension (use .png or .jpg)")
+    from ..approximation import search_setting
     from ..gallery import open_gallery
 
     queries = _queries(args)  # nonexistent paths fail first, then a broken index, before the model loads
@@ -182,7 +174,8 @@ def main(args: argparse.Namespace) -> int:
     embeddings = embedder.embed(queries, progress=not args.quiet)
     if args.eval:
         result, comparison = _evaluate(args, embedder.cfg, queries, gallery, embeddings)
-        _print_metrics(result, comparison, args.format, len(queries), gallery.count, _search_setting(args, gallery))
+        setting = search_setting(gallery.manifest.get("factory", "?"), args.nprobe, args.ef_search)
+        _print_metrics(result, comparison, args.format, len(queries), gallery.count, setting)
     results = gallery.results(*gallery.search(embeddings, args.top_k, args.nprobe, args.ef_search))
     if not args.eval:
         _print_results(queries, results, args.format)
