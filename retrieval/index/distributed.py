@@ -271,12 +271,14 @@ def _build(embed, metadata: pd.DataFrame, out_dir: Path, work: Path, *, factory:
     shard_key = {"factory": factory, "checkpoint_sha256": checkpoint_sha256, "start": start, "stop": stop,
                  "table_sha256": table_sha256(metadata.iloc[start:stop]), "rank": rank, "world_size": world_size}
     reuse = trained_sha is not None and _usable(shard_path, {**shard_key, "trained_sha256": trained_sha}) is not None
+    # a slice's embeddings do not depend on the index type: a rerun with another factory reuses them
+    slice_key = {k: v for k, v in shard_key.items() if k != "factory"}
     if reuse and save_embeddings:  # the shard alone is not enough: the merge also needs the saved slice
-        reuse = _usable(work / _embeddings_name(rank, world_size), shard_key) is not None
+        reuse = _usable(work / _embeddings_name(rank, world_size), slice_key) is not None
 
     embeddings = None
     if not reuse:
-        embeddings = _embed_slice(embed, work, rank, world_size, start, stop, shard_key, save_embeddings)
+        embeddings = _embed_slice(embed, work, rank, world_size, start, stop, slice_key, save_embeddings)
     if trained_sha is None:
         _train(work, embeddings, bounds, rank, factory, rows, trained_key)
         trained_sha = _from_rank0(sha256_file(work / TRAINED_FILE) if rank == 0 else None, world_size)

@@ -213,9 +213,9 @@ def test_saved_embeddings_spare_the_embedding_of_a_lost_shard(tmp_path):
     table = pd.DataFrame({"path": [f"/g/{i}.jpg" for i in range(300)], "label": np.arange(300) % 5})
     calls = []
 
-    def build():
+    def build(factory=FLAT):
         return build_distributed_index(lambda a, b: calls.append((a, b)) or x[a:b], table, tmp_path / "idx",
-                                       factory=FLAT, rank=0, world_size=1, checkpoint_sha256="c" * 64,
+                                       factory=factory, rank=0, world_size=1, checkpoint_sha256="c" * 64,
                                        keep_shards=True, overwrite=True, save_embeddings=True)
 
     build()
@@ -224,6 +224,8 @@ def test_saved_embeddings_spare_the_embedding_of_a_lost_shard(tmp_path):
     shard.unlink()
     build()
     assert calls == [(0, 300)] and shard.is_file()  # the shard was rebuilt from the saved slice
+    assert build("IVF2,Flat")["factory"] == "IVF2,Flat" and calls == [(0, 300)]  # another index, same embeddings
+    build()
     part = tmp_path / ".idx.shards" / "embeddings-00000-of-00001.npy"
     np.save(part, x[:299])  # a part that does not match its receipt is embedded again
     shard.unlink()
