@@ -20,7 +20,7 @@ import numpy as np
 from .gallery import Gallery
 from .index import create_index, search, set_search_params
 from .index.exact import exact_search, knn_recall, stored_embeddings
-from .metrics import drop_self, metrics_from_neighbours
+from .metrics import drop_self, metrics_from_neighbours, neighbours_needed
 
 DEFAULT_SAMPLE = 1000  # queries searched exactly: at 10M x 512-d, ~20 GB read once for the whole sample
 
@@ -94,8 +94,7 @@ def index_vs_exact(query: np.ndarray, query_labels: np.ndarray, factory: str, ks
     leave_one_out = gallery is None
     gallery, gallery_labels = (query, query_labels) if leave_one_out else (gallery, gallery_labels)
     gallery_labels = np.asarray(gallery_labels, np.int64)
-    largest_class = int(np.bincount(gallery_labels[gallery_labels >= 0]).max()) if map_at_r else 0
-    depth = min(max(max(ks), largest_class), len(gallery) - int(leave_one_out))
+    depth = neighbours_needed(ks, gallery_labels, map_at_r, len(gallery) - int(leave_one_out))
     wide = depth + int(leave_one_out)
     index = create_index(factory, gallery)
     index.add(gallery)

@@ -201,6 +201,14 @@ def retrieval_metrics(query: np.ndarray, query_labels, gallery: np.ndarray | Non
     return _average(query_labels, gallery_labels, r, chunks, ks, map_at_r, n_gallery)
 
 
+def neighbours_needed(ks: Sequence[int], gallery_labels, map_at_r: bool, n_gallery: int) -> int:
+    """How many ranked neighbours per query ``metrics_from_neighbours`` needs: the largest K, or for
+    MAP@R the largest class (R can be that large), at most the ``n_gallery`` searchable items."""
+    labels = np.asarray(gallery_labels, dtype=np.int64)
+    largest_class = int(np.bincount(labels[labels >= 0]).max()) if map_at_r and (labels >= 0).any() else 0
+    return min(n_gallery, max(max(int(k) for k in ks), largest_class))
+
+
 def metrics_from_neighbours(neighbour_ids: np.ndarray, query_labels, gallery_labels, ks: Sequence[int] = (1, 2, 4, 8),
                             map_at_r: bool = True, leave_one_out: bool = False) -> dict[str, float]:
     """The same metrics from ranked search results, e.g. of an approximate index.

@@ -78,7 +78,7 @@ def _evaluate(args, cfg, queries, gallery, embeddings) -> tuple[dict[str, float]
     """(metrics of every query through the index, its comparison with exact search on a sample or None)."""
     from ..approximation import DEFAULT_SAMPLE, compare_with_exact
     from ..index.exact import is_exact
-    from ..metrics import metrics_from_neighbours
+    from ..metrics import metrics_from_neighbours, neighbours_needed
 
     unlabelled = queries["label"] == ""
     if unlabelled.any():
@@ -86,8 +86,7 @@ def _evaluate(args, cfg, queries, gallery, embeddings) -> tuple[dict[str, float]
                         f"{queries['path'][unlabelled].iloc[0]} (give --csv with a label column or --folder-labels)")
     ks = [int(k) for k in args.recall_k.split(",")] if args.recall_k else list(cfg.eval.recall_k)
     q_codes, g_codes = _label_codes(queries["label"], gallery.metadata["label"])
-    largest_class = int(np.bincount(g_codes[g_codes >= 0]).max()) if (g_codes >= 0).any() else 0
-    depth = min(gallery.count, max(max(ks), largest_class if cfg.eval.map_at_r else 0))
+    depth = neighbours_needed(ks, g_codes, cfg.eval.map_at_r, gallery.count)
     _, ids = gallery.search(embeddings, depth, args.nprobe, args.ef_search)
     result = metrics_from_neighbours(ids, q_codes, g_codes, ks=ks, map_at_r=cfg.eval.map_at_r)
     sample = DEFAULT_SAMPLE if args.exact_sample is None else args.exact_sample
