@@ -112,6 +112,11 @@ def miner_args(cfg: LossConfig) -> dict[str, Any]:
     return entry.resolve(given, "loss.miner_args")
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision (autocast) outputs up to float32 for the loss; float64 stays float64 (the DDP reference test)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def has_proxies(cfg: LossConfig) -> bool:
     return LOSSES[cfg.name].proxies
 
@@ -164,11 +169,11 @@ class RetrievalLoss(torch.nn.Module):
 
     def forward(self, embeddings: torch.Tensor, logits: torch.Tensor | None, labels: torch.Tensor) -> LossOutput:
         """embeddings: (B, D) L2-normalised; logits: (B, C) already divided by τ, or None; labels: (B,)."""
-        embeddings = embeddings.float()
+        embeddings = _at_least_float32(embeddings)
         pairs = self._miner_call(embeddings, labels) if self._miner_call is not None else None
         metric = self._metric_call(embeddings, labels, pairs)
         if logits is not None and self.cls_weight > 0:
-            cls = self.ce(logits.float(), labels)
+            cls = self.ce(_at_least_float32(logits), labels)
         else:
             cls = embeddings.new_zeros(())
         return LossOutput(total=metric + self.cls_weight * cls, metric=metric.detach(), cls=cls.detach())

@@ -7,6 +7,14 @@ world_size), ``broadcast_parameters`` of the proxies and ``trainer.train_step``,
 same ``train_step`` in this process on the combined batch, without any of it. A rank-vs-rank check
 cannot see a wrong factor (both ranks run the same wrong code); this comparison does.
 
+Both sides compute in float64. The two sides add the same numbers in different orders (a gathered
+batch against one batch, gloo's all-reduce, per-CPU SIMD widths and thread counts), so in float32
+they agree only to its rounding amplified by four SGD steps: 1.7e-5 on an AVX-512 Xeon, under 1e-5
+on an AVX2 EPYC. In float64 the same reorderings leave differences
+of order 1e-13 (measured: at most 9e-14 on the Xeon), so the tolerance below (1e-9) is loose against
+rounding on any CPU and still 9 orders of magnitude below what a wrong gradient factor does (2.56
+for world_size instead of world_size²).
+
 Run as a script (by torchrun) this file is the rank worker: ``python <this file> OUT_DIR``.
 """
 import os
@@ -27,6 +35,7 @@ from retrieval.losses import RetrievalLoss
 from retrieval.optim import build_optimizer
 
 WORLD, BATCH, IN_DIM, DIM, CLASSES, STEPS, SEED = 2, 16, 12, 8, 4, 4, 7
+TOLERANCE = 1e-9  # float64: see the module docstring
 # proxy_anchor: proxies at 10× the lr, so a wrong proxy-gradient factor moves them visibly in 4 steps.
 # triplet with its default batch-hard miner, mined on the gathered batch.
 LOSSES = {"proxy_anchor": LossConfig(name="proxy_anchor", miner="none", cls_weight=0.0, proxy_lr_mult=10.0),
@@ -52,10 +61,19 @@ def _batches():
 
 
 def _train(loss_name: str, info: dist_utils.DistInfo) -> tuple[dict, dict]:
-    """SGD steps of ``train_step`` on this rank's part of each batch; (network, loss) state dicts."""
+    """SGD steps of ``train_step`` on this rank's part of each batch, in float64; (network, loss) state dicts."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return _train_in_default_dtype(loss_name, info)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _train_in_default_dtype(loss_name: str, info: dist_utils.DistInfo) -> tuple[dict, dict]:
     torch.manual_seed(SEED + info.rank)  # ranks start apart: DDP and broadcast_parameters must align them
     model = TinyNet()
-    loss = RetrievalLoss(LOSSES[loss_name], CLASSES, DIM, distributed=info.enabled)
+    loss = RetrievalLoss(LOSSES[loss_name], CLASSES, DIM, distributed=info.enabled).double()  # PML's proxies are float32
     optimizer = build_optimizer(OptimConfig(name="sgd", lr=0.5, momentum=0.9), model, loss,
                                 LOSSES[loss_name].proxy_lr_mult)
     net = torch.nn.parallel.DistributedDataParallel(model) if info.enabled else model
@@ -100,7 +118,8 @@ def _assert_close(name: str, got: dict, want: dict) -> None:
     assert list(got) == list(want)
     for key in want:
         diff = (got[key] - want[key]).abs().max().item()
-        assert diff <= 1e-5, f"{name} {key}: max |DDP - single process| = {diff:.3g}"
+        assert got[key].dtype == torch.float64, f"{name} {key}: computed in {got[key].dtype}, not float64"
+        assert diff <= TOLERANCE, f"{name} {key}: max |DDP - single process| = {diff:.3g}"
 
 
 def _check(loss_name: str, out: Path) -> None:
