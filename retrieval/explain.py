@@ -72,8 +72,8 @@ class PairExplanation:
         """E.g. "S exact, G/M first-order": what each branch's map is."""
         exact = [b for b, e in self.exact.items() if e]
         approx = [b for b, e in self.exact.items() if not e]
-        parts = ([f"{'/'.join(exact)} exact"] if exact else []) + ([f"{'/'.join(approx)} first-order"] if approx else [])
-        return ", ".join(parts)
+        parts = [f"{'/'.join(exact)} exact"] if exact else []
+        return ", ".join(parts + ([f"{'/'.join(approx)} first-order"] if approx else []))
 
     def upsample(self, query_size: tuple[int, int], result_size: tuple[int, int]) -> PairExplanation:
         """The same explanation with every map bilinearly resized to (H, W) and scaled per pixel (× h·w / H·W)."""
@@ -121,7 +121,8 @@ def _as_map(features: Tensor, name: str) -> Tensor:
     if features.dim() == 4 and features.shape[0] == 1:
         features = features[0]
     if features.dim() != 3:
-        raise ValueError(f"{name}: expected one feature map (C, h, w) or (1, C, h, w), got shape {tuple(features.shape)}")
+        raise ValueError(f"{name}: expected one feature map (C, h, w) or (1, C, h, w), "
+                         f"got shape {tuple(features.shape)}")
     return features.detach().double().cpu()
 
 
