@@ -208,7 +208,8 @@ def explain_pair(model: nn.Module, query: Tensor, result: Tensor, upsample: bool
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        with torch.inference_mode(False), torch.no_grad():
+        # float32 as model(images) runs it, also under a caller's autocast or inference_mode
+        with torch.inference_mode(False), torch.no_grad(), torch.autocast(device.type, enabled=False):
             fq = model.backbone(query.to(device, torch.float32))
             fr = model.backbone(result.to(device, torch.float32))
         explanation = explain_features(model.head, fq, fr)

@@ -205,9 +205,12 @@ def test_the_model_is_left_as_found():
     modes = {name: m.training for name, m in model.named_modules()}
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     state = copy.deepcopy(model.state_dict())
-    with torch.inference_mode():  # a service's request handler may call it like this
-        got = explain_pair(model, torch.randn(3, 32, 32), torch.randn(3, 32, 32))
+    pair = torch.randn(3, 32, 32), torch.randn(3, 32, 32)
+    # a service's request handler may call it like this; the explanation is still float32 + float64
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = explain_pair(model, *pair)
     assert isinstance(got, PairExplanation)
+    assert got.score == explain_pair(model, *pair).score
     assert {name: m.training for name, m in model.named_modules()} == modes
     assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
     assert all(p.grad is None for p in model.parameters())
