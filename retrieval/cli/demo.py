@@ -7,7 +7,8 @@
 5. print Recall@K / MAP@R of the untrained and the trained network side by side, the spread of
    the test embeddings (norm of their mean, Recall@1 through a PQ16 index, mean cosines of
    same- and different-class pairs), and draw the Recall@K curve, the CBAM attention /
-   Grad-CAM picture and the score distributions.
+   Grad-CAM picture, the score distributions and why the first query matches its top result
+   (``explain.png``, retrieval/explain.py).
 
 Everything goes under ``--out`` (default ``runs/demo``).
 """
@@ -75,8 +76,20 @@ def _table(untrained: dict, trained: dict) -> str:
     return "\n".join(rows)
 
 
-def _pictures(out: Path, cfg, checkpoint: Path, queries: list[str]) -> list[Path]:
-    """Recall@K curve and attention figure; skipped with a note when matplotlib is missing."""
+def _top_other(index_dir: Path, query: str) -> str:
+    """The gallery path of ``query``'s nearest neighbour other than itself (the query is a gallery image)."""
+    import numpy as np
+
+    from ..index import load_index, search
+
+    index, meta, _ = load_index(index_dir)
+    row = int(np.flatnonzero(meta["path"].astype(str).to_numpy() == query)[0])
+    _, ids = search(index, np.asarray(index.reconstruct(row), dtype=np.float32)[None], 2)
+    return str(meta["path"].iloc[next(int(i) for i in ids[0] if int(i) not in (row, -1))])
+
+
+def _pictures(out: Path, cfg, checkpoint: Path, queries: list[str], index_dir: Path) -> list[Path]:
+    """Recall@K curve, attention and pair-explanation figures; skipped with a note when matplotlib is missing."""
     made = []
     try:
         from ..checkpoint import load_model
@@ -87,6 +100,10 @@ def _pictures(out: Path, cfg, checkpoint: Path, queries: list[str]) -> list[Path
         model, model_cfg, _ = load_model(checkpoint)
         attention_figure(model, queries[:4], model_cfg, out / "attention.png")
         made.append(out / "attention.png")
+        from ..viz.explain import explain_figure
+
+        explain_figure(model, queries[0], _top_other(index_dir, queries[0]), model_cfg, out / "explain.png")
+        made.append(out / "explain.png")
     except ImportError as err:
         print(f"(pictures skipped: {err})")
     return made
@@ -174,7 +191,7 @@ def main(args: argparse.Namespace) -> int:
     trained = {k: float(v) for k, v in read_checkpoint(checkpoint)["metrics"].items() if not k.startswith("val_")}
 
     print("== 5/5 results ==")
-    pictures = _pictures(out, cfg, checkpoint, queries)
+    pictures = _pictures(out, cfg, checkpoint, queries, index_dir)
     space, space_text = _embedding_space(index_dir, out)
     if (out / "scores.png").is_file():
         pictures.append(out / "scores.png")

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stdout format: readable table (default), json or csv (query, rank, score, gallery "
                              "path, gallery label)")
     parser.add_argument("--grid", metavar="OUT.png", help="also draw each query beside its top-K thumbnails")
+    parser.add_argument("--explain", metavar="DIR",
+                        help="also draw, per query, why its top result matches (pair explanation: SPoC exact, "
+                             "GeM/MAC first-order) into DIR, one PNG each")
     parser.add_argument("--eval", action="store_true",
                         help="score labelled queries against the gallery (Recall@K, MAP@R, R-precision) instead "
                              "of listing results")
@@ -149,6 +152,30 @@ def _print_metrics(result: dict[str, float], comparison: dict | None, fmt: str, 
         print(f"  {'ms / query':<14s} {ms['index']:8.3f} {ms['exact']:8.3f}")
 
 
+def _check_explain(folder: str) -> None:
+    """--explain needs matplotlib and a folder (not a file): checked before anything is computed."""
+    from ..viz.plots import pyplot
+
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise ConfigError(f"--explain {folder}: exists and is not a folder")
+    try:
+        pyplot()
+    except ImportError as err:
+        raise ConfigError(f"--explain: {err}") from None
+
+
+def _explain(folder: str, embedder, queries: pd.DataFrame, results: list[pd.DataFrame]) -> None:
+    """DIR/<n>_<query name>.png: why each query matches its top result (retrieval/explain.py)."""
+    from ..viz.explain import explain_figure
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for n, (path, frame) in enumerate(zip(queries["path"], results)):
+        if len(frame):
+            out = Path(folder) / f"{n:03d}_{Path(path).stem}.png"
+            explain_figure(embedder.model, path, frame["gallery_path"].iloc[0], embedder.cfg, out)
+    print(f"wrote {sum(len(f) > 0 for f in results)} pair explanation(s) to {folder}", file=sys.stderr)
+
+
 @command(build_parser)
 def main(args: argparse.Namespace) -> int:
     if args.top_k < 1:
@@ -162,6 +189,8 @@ def main(args: argparse.Namespace) -> int:
 
         if Path(args.grid).suffix.lower() not in Image.registered_extensions():
             raise ConfigError(f"--grid {args.grid}: unknown image extension (use .png or .jpg)")
+    if args.explain:
+        _check_explain(args.explain)
     from ..approximation import search_setting
     from ..gallery import open_gallery
 
@@ -184,6 +213,8 @@ def main(args: argparse.Namespace) -> int:
         hits = [[Hit(r.gallery_path, r.score, r.gallery_label) for r in frame.itertuples()] for frame in results]
         save_retrieval_grid(args.grid, queries["path"].tolist(), hits, queries["label"].tolist())
         print(f"wrote {args.grid}", file=sys.stderr)
+    if args.explain:
+        _explain(args.explain, embedder, queries, results)
     return 0
 
 

@@ -1,6 +1,7 @@
 """`retrieval-viz`: pictures from the command line (matplotlib needed: pip install matplotlib).
 
     retrieval-viz attention --checkpoint runs/cub/best.pt bird1.jpg bird2.jpg --out attention.png
+    retrieval-viz explain --checkpoint runs/cub/best.pt query.jpg result.jpg --out explain.png  # why they match
     retrieval-viz curve runs/a/metrics.csv runs/b --labels plain cbam --out recall.png
     retrieval-viz scores --checkpoint runs/cub/last.pt --out scores.png   # same- vs different-class cosines
 """
@@ -21,6 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("images", nargs="+", metavar="IMAGE", help="images, one row each (at most 16)")
     att.add_argument("--out", required=True, metavar="OUT.png", help="picture to write")
     att.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
+    why = sub.add_parser("explain", help="why two images match: where their cosine comes from, on each image")
+    why.add_argument("--checkpoint", required=True, metavar="CKPT", help="trained checkpoint (*.pt)")
+    why.add_argument("query", metavar="QUERY", help="query image")
+    why.add_argument("result", metavar="RESULT", help="result image (e.g. the query's top hit)")
+    why.add_argument("--out", required=True, metavar="OUT.png", help="picture to write")
+    why.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
     curve = sub.add_parser("curve", help="Recall@K and MAP@R over epochs from runs' metrics.csv")
     curve.add_argument("runs", nargs="+", metavar="RUN", help="metrics.csv files or run folders")
     curve.add_argument("--labels", nargs="+", metavar="LABEL", help="one legend label per run")
@@ -33,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     scores.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides (e.g. data.root=...)")
     scores.add_argument("--out", required=True, metavar="OUT.png", help="picture to write")
     scores.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    for p in (att, curve, scores):
+    for p in (att, why, curve, scores):
         add_logging_args(p)
     return parser
 
@@ -84,6 +91,15 @@ def main(args: argparse.Namespace) -> int:
 
         model, cfg, _ = load_model(args.checkpoint, resolve_device(args.device, flag="--device"))
         out = attention_figure(model, args.images, cfg, args.out)
+    elif args.picture == "explain":
+        from ..checkpoint import load_model
+        from ..runtime import resolve_device
+        from ..viz.explain import explain_figure, split_text
+
+        model, cfg, _ = load_model(args.checkpoint, resolve_device(args.device, flag="--device"))
+        explanation = explain_figure(model, args.query, args.result, cfg, args.out)
+        print(f"{split_text(explanation)} ({explanation.note})")
+        out = args.out
     elif args.picture == "scores":
         out = _scores(args)
     else:

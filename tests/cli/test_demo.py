@@ -20,7 +20,7 @@ def test_demo_runs_every_step(tmp_path, capsys):
     space = result["embedding_space"]
     assert 0 <= space["mean_norm"] <= 1 and 0 <= space["exact_recall@1"] <= 1 and "norm of the mean" in printed
     for name in ("train/best.pt", "train/last.pt", "train/metrics.csv", "index/index.faiss", "index/manifest.json", "grid.png",
-                 "results.md", "scores.png"):
+                 "results.md", "scores.png", "explain.png"):
         assert (out / name).is_file(), name
     assert demo.main(["--out", str(out), "-q", *TINY]) == 0  # a finished demo folder may be replaced
     assert "replacing" in capsys.readouterr().out
