@@ -49,3 +49,13 @@ def test_config_keys():
         resolve_rerank("aqe", {"n": 0})
     with pytest.raises(ConfigError, match=r"^rerank\.name: 'x' is not one of"):
         resolve_rerank("x")
+
+
+def test_config_section():
+    from retrieval.config import load_config
+
+    cfg = load_config(None, ["rerank.name=kreciprocal", "rerank.args={k1: 10, k2: 3}"])
+    assert cfg.rerank.args == {"k1": 10, "k2": 3, "lambda": 0.3, "candidates": 100}
+    assert load_config(None).rerank.name == "none"
+    with pytest.raises(ConfigError, match="rerank.args.k2 must be <= k1=10"):
+        load_config(None, ["rerank.name=kreciprocal", "rerank.args={k1: 10, k2: 30}"])
