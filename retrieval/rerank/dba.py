@@ -37,7 +37,7 @@ def augmented(access: GalleryAccess, n: int, alpha: float) -> GalleryAccess:
     """The gallery with DBA vectors (computed once per (n, α) and kept in ``access.cache``), searched exactly."""
     key = ("dba", n, float(alpha))
     if key not in access.cache:
-        log.info("DBA (n=%d, alpha=%g) of %d gallery vectors", n, alpha, len(access.vectors))
+        log.debug("DBA (n=%d, alpha=%g) of %d gallery vectors", n, alpha, len(access.vectors))
         access.cache[key] = augment(access, n, alpha)
     return access.with_vectors(access.cache[key])
 
