@@ -211,8 +211,10 @@ def run_memory(args) -> int:
     names = args.methods.split(",")
     rows = []
     for name in names:
-        row = memory_row(args, name) if len(names) == 1 else _memory_row_in_child(args, name)
-        rows.append(row)
+        if len(names) > 1:  # the child prints its own line
+            rows.append(_memory_row_in_child(args, name))
+            continue
+        rows.append(row := memory_row(args, name))
         print(f"{row['spec']:60s} {row['seconds']:8.1f} s  {row['peak_extra_mb']:8.0f} MB above the embeddings",
               flush=True)
     result = {"benchmark": "rerank_memory", **header(), "n": args.n, "dim": args.dim, "k": args.k,
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=60_000, help="--synthetic-memory: vectors")
     parser.add_argument("--dim", type=int, default=None, help="dimension (default 512 for memory, 64 for --synthetic)")
     parser.add_argument("--k", type=int, default=100, help="--synthetic-memory: results per query")
-    parser.add_argument("--methods", default="aqe,dba,dba_aqe,kreciprocal", help="--synthetic-memory: methods")
+    parser.add_argument("--methods", default="none,aqe,dba,dba_aqe,kreciprocal", help="--synthetic-memory: methods")
     parser.add_argument("--val-n", type=int, default=600)
     parser.add_argument("--test-n", type=int, default=1200)
     parser.add_argument("--per-class", type=int, default=30, help="generated items per class")
