@@ -1,6 +1,8 @@
 """One call from a query to re-ranked results: what the commands, the benchmarks and a service route use."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ..vectors import check_embeddings
@@ -9,9 +11,14 @@ from .spec import RerankSpec, parse_rerank
 
 
 def as_access(gallery, nprobe: int | None = None, ef_search: int | None = None) -> GalleryAccess:
-    """A ``GalleryAccess`` from one, from an opened index folder (``retrieval.gallery.Gallery``) or from (N, D) vectors."""
+    """A ``GalleryAccess`` from one, from an index folder (its path, or opened: ``retrieval.gallery.Gallery``)
+    or from (N, D) vectors."""
     if isinstance(gallery, GalleryAccess):
         return gallery
+    if isinstance(gallery, (str, Path)):
+        from ..gallery import open_gallery
+
+        gallery = open_gallery(gallery)
     if hasattr(gallery, "manifest") and hasattr(gallery, "index"):
         return gallery_access(gallery, nprobe, ef_search)
     return GalleryAccess(check_embeddings(gallery, "gallery"))
@@ -23,7 +30,7 @@ def rerank_search(queries: np.ndarray, gallery, k: int, spec: RerankSpec | str =
     """Top-k of ``queries`` (Nq, D) L2-normalised, first pass then the ``spec`` re-ranker.
 
     gallery: a ``GalleryAccess`` (keep one per gallery: DBA's augmented vectors are cached on
-    it), an opened index folder or (N, D) vectors. spec: a ``RerankSpec`` or ``NAME[:k=v,...]``.
+    it), an index folder (path or ``open_gallery``'s result) or (N, D) vectors. spec: a ``RerankSpec`` or ``NAME[:k=v,...]``.
     self_ids: (Nq,) gallery row of each query under leave-one-out (never returned, never used
     to expand). Returns (scores (Nq, k) float32, higher is better; ids (Nq, k) int64, -1 = none).
     """

@@ -34,6 +34,13 @@ def test_benchmark_prints_plain_and_reranked(assets, tmp_path, capsys, spec):
     assert f"re-ranked {name}" in (tmp_path / "recall_synthetic.md").read_text()
 
 
+def test_benchmark_takes_the_config_section(assets, tmp_path, capsys):
+    code, out, err = bench(capsys, "--checkpoint", assets["ckpt"], f"data.root={tmp_path / 'syn'}", *SYNTHETIC,
+                           "rerank.name=aqe", "rerank.args={n: 1}", "--out", tmp_path)
+    assert code == 0, err
+    assert "re-ranked aqe:n=1,alpha=3 (%)" in out
+
+
 def test_benchmark_rejects_bad_spec_and_index_type(assets, tmp_path, capsys):
     code, _, err = bench(capsys, "--checkpoint", assets["ckpt"], "--rerank", "aqe:n=0")
     assert code == 2 and "--rerank aqe: n must be > 0, got 0" in err

@@ -51,10 +51,11 @@ def test_index_folder_equals_arrays(points, tmp_path, spec):
     x, _ = points
     gallery = _folder(tmp_path, x)
     q = x[:10]
-    got = rerank_search(q, gallery, 5, spec)
     want = rerank_search(q, x, 5, spec)
-    np.testing.assert_array_equal(got[1], want[1])
-    np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+    for where in (gallery, gallery.folder, str(gallery.folder)):
+        got = rerank_search(q, where, 5, spec)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_allclose(got[0], want[0], atol=1e-5)
 
 
 def test_approximate_folder_needs_embeddings(tmp_path):
