@@ -74,7 +74,7 @@ def evaluate_with_index(model: torch.nn.Module, splits: dict[str, Dataset], cfg:
 
 def evaluate_with_rerank(model: torch.nn.Module, splits: dict[str, Dataset], cfg: Config, device, spec,
                          progress: bool = True) -> tuple[dict[str, float], dict]:
-    """``evaluate_splits``'s exact metrics of the test protocol, and the plain and ``spec``-re-ranked lists' beside them.
+    """``evaluate_splits``'s exact metrics of the test protocol, and the plain and re-ranked lists' beside them.
 
     spec: a ``retrieval.rerank.RerankSpec``. The comparison is
     ``retrieval.rerank.plain_vs_reranked``'s (metrics of both lists, time per query of each).

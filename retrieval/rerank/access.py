@@ -1,24 +1,19 @@
 """What a re-ranker may ask of a gallery: its vectors by id and a top-k search, with the leave-one-out self removed.
 
-``GalleryAccess`` wraps an in-memory (or memory-mapped) array, or an index folder opened with
-``retrieval.gallery.open_gallery`` (its FAISS index for the first pass, ``embeddings.npy`` or
-a flat index's own vectors for the rows). Every search runs in query chunks, so a re-ranker
+``GalleryAccess`` wraps an in-memory (or memory-mapped) array and a search over it (an index
+folder's: ``rerank.folder.gallery_access``). Every search runs in query chunks, so a re-ranker
 holds (chunk, k) results at a time, never an N × N matrix.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import faiss
 import numpy as np
 
-from ..errors import IndexFormatError
 from ..metrics import sort_ties
-
-if TYPE_CHECKING:
-    from ..gallery import Gallery
 
 log = logging.getLogger(__name__)
 
@@ -108,23 +103,3 @@ class GalleryAccess:
     def with_vectors(self, vectors: np.ndarray) -> "GalleryAccess":
         """The same gallery (removed ids kept) searched exactly over other vectors of the same rows (DBA's)."""
         return GalleryAccess(vectors, None, self.removed)
-
-
-def gallery_access(gallery: "Gallery", nprobe: int | None = None, ef_search: int | None = None) -> GalleryAccess:
-    """A ``GalleryAccess`` over an opened index folder: its index searches, its stored vectors are the rows.
-
-    The rows are ``embeddings.npy`` (memory-mapped) when the folder has it, else the vectors of
-    a flat index; an approximate index without ``embeddings.npy`` cannot be re-ranked
-    (IndexFormatError saying to build it with ``--save-embeddings``).
-    """
-    from ..index.exact import is_exact, stored_embeddings
-
-    vectors = stored_embeddings(gallery.folder, gallery.manifest)
-    if vectors is None:
-        if not is_exact(gallery.index):
-            raise IndexFormatError(f"{gallery.folder}: re-ranking needs the gallery vectors, and this "
-                                   f"{gallery.manifest.get('factory', '?')} index has no embeddings.npy "
-                                   "(build it with --save-embeddings)")
-        vectors = gallery.index.reconstruct_n(0, gallery.index.ntotal)
-    return GalleryAccess(vectors, lambda q, k: gallery.search(q, k, nprobe, ef_search),
-                         np.asarray(gallery.removed_ids, np.int64))

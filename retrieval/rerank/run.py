@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from ..vectors import check_embeddings
-from .access import GalleryAccess, gallery_access
+from .access import GalleryAccess
+from .folder import gallery_access
 from .spec import RerankSpec, parse_rerank
 
 
@@ -30,7 +31,8 @@ def rerank_search(queries: np.ndarray, gallery, k: int, spec: RerankSpec | str =
     """Top-k of ``queries`` (Nq, D) L2-normalised, first pass then the ``spec`` re-ranker.
 
     gallery: a ``GalleryAccess`` (keep one per gallery: DBA's augmented vectors are cached on
-    it), an index folder (path or ``open_gallery``'s result) or (N, D) vectors. spec: a ``RerankSpec`` or ``NAME[:k=v,...]``.
+    it), an index folder (path or ``open_gallery``'s result) or (N, D) vectors.
+    spec: a ``RerankSpec`` or ``NAME[:k=v,...]``.
     self_ids: (Nq,) gallery row of each query under leave-one-out (never returned, never used
     to expand). Returns (scores (Nq, k) float32, higher is better; ids (Nq, k) int64, -1 = none).
     """

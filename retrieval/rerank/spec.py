@@ -43,7 +43,7 @@ class Method:
     keywords: dict[str, str] = field(default_factory=dict)  # spec name → keyword of ``fn`` ("lambda" → "lam")
 
     def resolve(self, args: dict[str, Any] | None, prefix: str) -> dict[str, Any]:
-        """``defaults`` updated by ``args``; ConfigError ``"{prefix}{arg} ..."`` for an unknown, mistyped or bad value."""
+        """``defaults`` updated by ``args``; ConfigError ``"{prefix}{arg} ..."`` for an unknown, mistyped, bad value."""
         out = dict(self.defaults)
         for name, value in (args or {}).items():
             if name not in self.defaults:
