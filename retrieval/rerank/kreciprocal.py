@@ -19,7 +19,9 @@ set: distances to items outside it are treated as infinite, and items outside ne
 re-ranked list. When the candidates cover the whole gallery this is the paper's computation
 for one probe exactly (tests/rerank/test_kreciprocal.py); with fewer, reciprocity is judged
 among the candidates only. In the query/gallery protocol the paper's code also puts the other
-probes into the set; here each query is re-ranked alone, as a service must. Memory per chunk of
+probes into the set; here each query is re-ranked alone, as a service must. The authors' code
+also divides the distances by each column's maximum before encoding; here d = 2 - 2s is used as
+it is (unit vectors bound it to [0, 4]), as the paper's formulas write it. Memory per chunk of
 B queries: a few (B, M, M) arrays, M = candidates + 1.
 Scores returned: 1 - d* (higher is better, as for the other methods).
 """

@@ -74,3 +74,16 @@ def test_bad_inputs(points):
         rerank_search(np.eye(2, 8, dtype=np.float32), x, 3, "aqe")
     with pytest.raises(ValueError, match="L2-normalised"):
         rerank_search(2 * x[:2], GalleryAccess(x), 3, "aqe")
+
+
+@pytest.mark.parametrize("spec", SPECS[1:])
+def test_missing_first_pass_hits_stay_missing(tmp_path, spec):
+    x, _ = clustered(n=400, seed=5)
+    gallery = _folder(tmp_path, x, "IVF8,Flat", save=True)
+    first = rerank_search(x[:30], gallery, 120, "none", nprobe=1)[1]
+    assert (first < 0).any()  # one list of eight cannot hold 120 results for every query
+    scores, ids = rerank_search(x[:30], gallery, 120, spec, nprobe=1)
+    for row, s in zip(ids, scores):
+        found = row[row >= 0]
+        assert len(set(found)) == len(found) and (row[len(found):] == -1).all()
+        assert np.isfinite(s[:len(found)]).all()
