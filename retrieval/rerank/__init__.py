@@ -13,10 +13,11 @@ from .aqe import aqe, expand
 from .compare import plain_vs_reranked
 from .dba import augment, augmented, dba, dba_aqe
 from .kreciprocal import kreciprocal
-from .run import as_access, rerank_search
+from .run import as_access, prepare_rerank, rerank_search
 from .spec import RERANKERS, Method, RerankSpec, parse_rerank, resolve_rerank
 from .folder import attach_stored, gallery_access, save_dba, undo_dba
 
 __all__ = ["GalleryAccess", "exact_knn", "gallery_access", "aqe", "expand", "plain_vs_reranked", "augment",
-           "augmented", "dba", "dba_aqe", "kreciprocal", "as_access", "rerank_search", "RERANKERS", "Method",
-           "RerankSpec", "parse_rerank", "resolve_rerank", "attach_stored", "save_dba", "undo_dba"]
+           "augmented", "dba", "dba_aqe", "kreciprocal", "as_access", "prepare_rerank", "rerank_search",
+           "RERANKERS", "Method", "RerankSpec", "parse_rerank", "resolve_rerank", "attach_stored", "save_dba",
+           "undo_dba"]

@@ -46,3 +46,13 @@ def rerank_search(queries: np.ndarray, gallery, k: int, spec: RerankSpec | str =
         raise ValueError(f"queries: expected dimension {access.vectors.shape[1]}, got {queries.shape[1]}")
     method = spec.method
     return method.fn(queries, access, k, self_ids, **method.call_args(spec.args))
+
+
+def prepare_rerank(gallery, spec: RerankSpec | str) -> GalleryAccess:
+    """A ``GalleryAccess`` with ``spec``'s once-per-gallery work done (DBA's augmented vectors): call it at start-up
+    (a service's lifespan) and pass the result to every ``rerank_search``."""
+    spec = parse_rerank(spec) if isinstance(spec, str) else spec
+    access = as_access(gallery)
+    if spec.method.prepare is not None:
+        spec.method.prepare(access, spec.args)
+    return access

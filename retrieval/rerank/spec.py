@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..registry import Registry
 from .access import GalleryAccess
 from .aqe import aqe
-from .dba import dba, dba_aqe
+from .dba import augmented, dba, dba_aqe
 from .kreciprocal import kreciprocal
 
 
@@ -41,6 +41,7 @@ class Method:
     fn: Callable[..., tuple[np.ndarray, np.ndarray]]
     defaults: dict[str, Any] = field(default_factory=dict)
     keywords: dict[str, str] = field(default_factory=dict)  # spec name → keyword of ``fn`` ("lambda" → "lam")
+    prepare: Callable[[GalleryAccess, dict[str, Any]], object] | None = None  # once-per-gallery work (DBA)
 
     def resolve(self, args: dict[str, Any] | None, prefix: str) -> dict[str, Any]:
         """``defaults`` updated by ``args``; ConfigError ``"{prefix}{arg} ..."`` for an unknown, mistyped, bad value."""
@@ -85,8 +86,9 @@ def _typed(key: str, value: Any, default: Any) -> Any:
 RERANKERS = Registry("rerank.name", {
     "none": Method(_plain),
     "aqe": Method(aqe, {"n": 2, "alpha": 3.0}),
-    "dba": Method(dba, {"n": 2, "alpha": 3.0}),
-    "dba_aqe": Method(dba_aqe, {"n": 2, "alpha": 3.0, "dba_n": 2, "dba_alpha": 3.0}),
+    "dba": Method(dba, {"n": 2, "alpha": 3.0}, prepare=lambda access, a: augmented(access, a["n"], a["alpha"])),
+    "dba_aqe": Method(dba_aqe, {"n": 2, "alpha": 3.0, "dba_n": 2, "dba_alpha": 3.0},
+                      prepare=lambda access, a: augmented(access, a["dba_n"], a["dba_alpha"])),
     "kreciprocal": Method(kreciprocal, {"k1": 20, "k2": 6, "lambda": 0.3, "candidates": 100},
                           keywords={"lambda": "lam"}),
 })

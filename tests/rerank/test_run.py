@@ -87,3 +87,17 @@ def test_missing_first_pass_hits_stay_missing(tmp_path, spec):
         found = row[row >= 0]
         assert len(set(found)) == len(found) and (row[len(found):] == -1).all()
         assert np.isfinite(s[:len(found)]).all()
+
+
+def test_prepare_does_the_gallery_work_once(points, monkeypatch):
+    import importlib
+
+    from retrieval.rerank import prepare_rerank
+
+    dba_module = importlib.import_module("retrieval.rerank.dba")  # the package's ``dba`` is the function
+    x, _ = points
+    access = prepare_rerank(x, "dba_aqe:dba_n=3")
+    assert ("dba", 3, 3.0) in access.cache
+    monkeypatch.setattr(dba_module, "augment", lambda *a, **k: pytest.fail("augmented again"))
+    rerank_search(x[:5], access, 4, "dba_aqe:dba_n=3")
+    assert prepare_rerank(access, "aqe") is access  # nothing to prepare
