@@ -48,11 +48,12 @@ def rerank_search(queries: np.ndarray, gallery, k: int, spec: RerankSpec | str =
     return method.fn(queries, access, k, self_ids, **method.call_args(spec.args))
 
 
-def prepare_rerank(gallery, spec: RerankSpec | str) -> GalleryAccess:
+def prepare_rerank(gallery, spec: RerankSpec | str, *, nprobe: int | None = None,
+                   ef_search: int | None = None) -> GalleryAccess:
     """A ``GalleryAccess`` with ``spec``'s once-per-gallery work done (DBA's augmented vectors): call it at start-up
     (a service's lifespan) and pass the result to every ``rerank_search``."""
     spec = parse_rerank(spec) if isinstance(spec, str) else spec
-    access = as_access(gallery)
+    access = as_access(gallery, nprobe, ef_search)
     if spec.method.prepare is not None:
         spec.method.prepare(access, spec.args)
     return access
