@@ -116,7 +116,9 @@ def test_table(x: np.ndarray, y: np.ndarray, chosen: dict[str, RerankSpec]) -> l
 
 
 def _markdown_table(rows: list[dict], keys: Sequence[str]) -> list[str]:
-    head = ["method", "parameters (chosen on val)", *(k.replace("recall@", "R@") for k in keys), "ms / query"]
+    names = {"map@r": "MAP@R", "r_precision": "R-precision"}
+    head = ["method", "parameters (chosen on val)", *(names.get(k, k.replace("recall@", "R@")) for k in keys),
+            "ms / query"]
     out = ["| " + " | ".join(head) + " |", "| --- | --- |" + " ---: |" * (len(head) - 2)]
     for r in rows:
         cells = [f"{100 * r[k]:.2f}" for k in keys]
@@ -180,7 +182,7 @@ def run_honest(args) -> int:
           f"the validation split ({len(y_val)} items, {result['val']['classes']} classes) by MAP@R, then Recall@1.",
           "", *_markdown_table(rows, COLUMNS), "",
           "- ms / query: the whole search of each query (first pass + re-ranking); DBA's once-per-gallery "
-          "augmentation: " + ", ".join(f"{r['method']} {r['prepare_s']:.2f} s" for r in rows if r["prepare_s"]),
+          "augmentation: " + ", ".join(f"{r['method']} {r['prepare_s']:.2f} s" for r in rows if r["method"] in ("dba", "dba_aqe")),
           f"- grids: {GRIDS} (DBA + αQE: αQE's grid over DBA's choice)", f"- {seconds:.0f} s in all", ""]
     write_results(args.out, "rerank", result, "\n".join(md))
     print("\n".join(md))

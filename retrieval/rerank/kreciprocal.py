@@ -59,7 +59,7 @@ def encode(dist: np.ndarray, k1: int, k2: int) -> np.ndarray:
     weights = np.where(expanded, np.exp(-dist), 0).astype(np.float32)
     v = weights / weights.sum(-1, keepdims=True)
     if k2 > 1:
-        v = (_in_top(rank, k2).astype(np.float32) / k2) @ v
+        v = (_in_top(rank, k2).astype(np.float32) / min(k2, v.shape[-1])) @ v
     return v
 
 
@@ -85,7 +85,7 @@ def final_distance(dist: np.ndarray, k1: int, k2: int, lam: float) -> np.ndarray
 def kreciprocal(queries: np.ndarray, access: GalleryAccess, k: int, self_ids: np.ndarray | None = None, *,
                 k1: int, k2: int, lam: float, candidates: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores 1 - d*, ids) (Nq, k): the top-``max(candidates, k)`` first-pass results re-ranked by d*."""
-    first_scores, first_ids = access.neighbours(queries, max(candidates, k), self_ids)
+    first_ids = access.neighbours(queries, max(candidates, k), self_ids)[1]
     c = first_ids.shape[1]
     k = min(k, c)
     m = c + 1
@@ -97,7 +97,8 @@ def kreciprocal(queries: np.ndarray, access: GalleryAccess, k: int, self_ids: np
         q = np.asarray(queries[start:start + chunk], np.float32)
         universe = np.concatenate([q[:, None, :], access.rows(ids)], axis=1)
         valid = np.concatenate([np.ones((len(ids), 1), bool), ids >= 0], axis=1)
-        d_star = final_distance(_distances(universe, valid), min(k1, m - 1), k2, lam)[:, 1:]
+        # k1, k2 beyond the set take all of it, as the authors' slices (rank[:, :k1 + 1]) do
+        d_star = final_distance(_distances(universe, valid), k1, k2, lam)[:, 1:]
         d_star[ids < 0] = np.inf
         order = np.argsort(d_star, axis=1, kind="stable")[:, :k]  # ties keep the first-pass order
         best = np.take_along_axis(d_star, order, 1)

@@ -79,3 +79,11 @@ def test_k_larger_than_candidates_widens_them():
     x, _ = clustered(n=60)
     _, ids = kreciprocal(x, GalleryAccess(x), 40, np.arange(len(x)), k1=10, k2=3, lam=0.3, candidates=20)
     assert ids.shape == (60, 40) and (ids >= 0).all()
+
+
+def test_a_gallery_smaller_than_k1_and_k2():
+    x, _ = clustered(n=8)
+    full = paper_final_distance(distances(x, x) * (1 - np.eye(8)), 20, 10, 0.3)  # the slices take all 8
+    np.fill_diagonal(full, np.inf)
+    _, ids = kreciprocal(x, GalleryAccess(x), 7, np.arange(8), k1=20, k2=10, lam=0.3, candidates=100)
+    assert ids.tolist() == np.argsort(full, axis=1, kind="stable")[:, :7].tolist()
