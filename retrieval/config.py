@@ -28,6 +28,7 @@ from .models.cbam import ARRANGEMENTS, INITS, POOLS
 from .models.cgd import parse_descriptors
 from .optim import OPTIMIZERS, SCHEDULES
 from .registry import Registry
+from .rerank.spec import RERANKERS
 from .runtime import PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,12 @@ class EvalConfig:
 
 
 @dataclass
+class RerankConfig:
+    name: str = "none"  # a rerank.RERANKERS key: none | aqe | dba | dba_aqe | kreciprocal (docs/reranking.md)
+    args: dict[str, Any] = field(default_factory=dict)  # the method's arguments (e.g. {n: 2, alpha: 3.0}); choose them on val classes
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -127,6 +134,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
 
 
 # Keys whose allowed values are a registry's keys (or a closed set): checked by ``validate``.
@@ -142,6 +150,7 @@ CHOICES: dict[str, Registry | tuple[str, ...]] = {
     "optim.name": OPTIMIZERS,
     "optim.scheduler": SCHEDULES,
     "train.precision": PRECISIONS,
+    "rerank.name": RERANKERS,
 }
 
 # Keys whose value must be > 0.
@@ -351,6 +360,7 @@ def validate(cfg: Config) -> Config:
     _validate_model(cfg.model)
     _validate_data(cfg.data)
     _validate_loss(cfg.loss)
+    cfg.rerank.args = RERANKERS[cfg.rerank.name].resolve(cfg.rerank.args, "rerank.args.")
     if not cfg.eval.recall_k or min(cfg.eval.recall_k) < 1:
         raise ConfigError(f"eval.recall_k: expected a non-empty list of K >= 1, got {cfg.eval.recall_k}")
     return cfg

@@ -72,6 +72,23 @@ def evaluate_with_index(model: torch.nn.Module, splits: dict[str, Dataset], cfg:
     return _metrics(query, query_labels, gallery, gallery_labels, cfg), comparison
 
 
+def evaluate_with_rerank(model: torch.nn.Module, splits: dict[str, Dataset], cfg: Config, device, spec,
+                         progress: bool = True) -> tuple[dict[str, float], dict]:
+    """``evaluate_splits``'s exact metrics of the test protocol, and the plain and re-ranked lists' beside them.
+
+    spec: a ``retrieval.rerank.RerankSpec``. The comparison is
+    ``retrieval.rerank.plain_vs_reranked``'s (metrics of both lists, time per query of each).
+    """
+    from .rerank import plain_vs_reranked
+
+    query, query_labels, gallery, gallery_labels, protocol = _embed_protocol(model, splits, cfg, device, progress)
+    comparison = plain_vs_reranked(query, query_labels, spec, cfg.eval.recall_k, gallery=gallery,
+                                   gallery_labels=gallery_labels, map_at_r=cfg.eval.map_at_r)
+    log.info("re-ranked %s (%s): %s", comparison["rerank"], protocol,
+             ", ".join(f"{k}={v:.4f}" for k, v in comparison["reranked"].items()))
+    return _metrics(query, query_labels, gallery, gallery_labels, cfg), comparison
+
+
 def evaluate_splits(model: torch.nn.Module, splits: dict[str, Dataset], cfg: Config, device,
                     progress: bool = True) -> dict[str, float]:
     """Recall@K (K = cfg.eval.recall_k), with cfg.eval.map_at_r MAP@R and R-precision, and ``mean_norm``.

@@ -7,6 +7,8 @@ always the checkpoint's, evaluated at the image size it was trained with unless
 ``data.image_size=...`` is given. ``--index-type`` adds a column: the same protocol searched
 through that FAISS index (built in memory over the test embeddings), with its k-NN recall
 against exact search, so the cost of an IVF / PQ setting shows next to exact Recall@K.
+``--rerank NAME[:k=v,...]`` (or the config's ``rerank``) adds a column instead: the same
+protocol re-ranked (αQE, DBA, k-reciprocal; docs/reranking.md), with ms / query of both.
 Writes ``recall_<data.name>.json`` and ``.md`` to ``--out``.
 """
 from __future__ import annotations
@@ -44,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--index-type", metavar="FACTORY",
                         help="also search the protocol through this FAISS index (e.g. IVF64,PQ16) and report its "
                              "metrics and k-NN recall beside exact search")
+    parser.add_argument("--rerank", metavar="NAME[:k=v,...]",
+                        help="also re-rank the exact lists and report them beside the plain ones: none | aqe | dba | "
+                             "dba_aqe | kreciprocal, e.g. kreciprocal:k1=20,k2=6,lambda=0.3 (default: the config's "
+                             "rerank section)")
     parser.add_argument("--nprobe", type=int, default=16, help="with an IVF --index-type: lists visited per query "
                                                                "(default 16)")
     parser.add_argument("--batch-size", type=int, help="images per forward pass (default: the config's "
@@ -93,10 +99,11 @@ def _pct(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
 
-def _rows(metrics: dict, ks: list[int], published, comparison: dict | None = None) -> list[tuple[str, ...]]:
-    """(metric, ours %, [index %,] published %) rows: Recall@K for the config's K, MAP@R, R-precision,
-    then (with an index comparison) its k-NN recall and the time per query of each search."""
-    index = comparison["index"] if comparison else None
+def _rows(metrics: dict, ks: list[int], published, comparison: dict | None = None,
+          rerank: dict | None = None) -> list[tuple[str, ...]]:
+    """(metric, ours %, [index % or re-ranked %,] published %) rows: Recall@K for the config's K, MAP@R,
+    R-precision, then (with an index comparison) its k-NN recall, and the time per query of each search."""
+    index = comparison["index"] if comparison else (rerank["reranked"] if rerank else None)
     rows = []
     for k in ks:
         paper = published.at(k) if published is not None else None
@@ -110,6 +117,9 @@ def _rows(metrics: dict, ks: list[int], published, comparison: dict | None = Non
                  for key, v in comparison["knn_recall"].items()]
         ms = comparison["ms_per_query"]
         rows.append(("ms / query", f"{ms['exact']:.3f}", f"{ms['index']:.3f}", "n/a"))
+    if rerank:
+        ms = rerank["ms_per_query"]
+        rows.append(("ms / query", f"{ms['plain']:.3f}", f"{ms['reranked']:.3f}", "n/a"))
     return rows
 
 
@@ -134,12 +144,15 @@ def format_report(result: dict) -> tuple[str, str]:
     if d["name"] in STANDARD_K and result["recall_k"] != STANDARD_K[d["name"]]:
         notes.append(f"note: eval.recall_k={result['recall_k']} differs from the standard K list of "
                      f"{d['name']} {STANDARD_K[d['name']]}")
-    rows, comparison = result["rows"], result.get("index_comparison")
+    rows, comparison, rerank = result["rows"], result.get("index_comparison"), result.get("rerank_comparison")
     head = ["metric", "ours (%)"] + ([f"{comparison['index_setting']} (%)"] if comparison else []) + \
-        [PUBLISHED_COLUMN + " (%)"]
+        ([f"re-ranked {rerank['rerank']} (%)"] if rerank else []) + [PUBLISHED_COLUMN + " (%)"]
     if comparison:
         notes.insert(1, f"{head[2]}: the same protocol searched through that FAISS index, built over the test "
                         "embeddings; kNN-recall@K = share of the exact top-K it returns")
+    if rerank:
+        notes.insert(1, f"{head[2]}: the exact lists re-ranked (docs/reranking.md); ms / query counts the first "
+                        f"pass and the re-ranking; once per gallery: {rerank['prepare_s']:.2f} s")
     widths = [max(len(str(r[i])) for r in rows + [tuple(head)]) for i in range(len(head))]
     text = [title, "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths)))]
     text += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
@@ -150,33 +163,54 @@ def format_report(result: dict) -> tuple[str, str]:
     return "\n".join(text + notes) + "\n", "\n".join(md)
 
 
+def _rerank_spec(args: argparse.Namespace, cfg):
+    """The re-ranker to add a column for: --rerank, else the config's rerank section; None for none."""
+    from ..errors import ConfigError
+    from ..rerank import RerankSpec, parse_rerank
+
+    spec = parse_rerank(args.rerank) if args.rerank else RerankSpec(cfg.rerank.name, cfg.rerank.args)
+    if spec.name == "none":
+        return None
+    if args.index_type:
+        raise ConfigError(f"--rerank {spec} and --index-type {args.index_type}: give one (re-ranking is measured "
+                          "over exact search)")
+    return spec
+
+
 @command(build_parser)
 def main(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model
     from ..config import to_dict, to_yaml
     from ..data import build_splits
     from ..errors import ConfigError
-    from ..evaluate import evaluate_splits, evaluate_with_index
+    from ..evaluate import evaluate_splits, evaluate_with_index, evaluate_with_rerank
     from ..files import atomic_write_text, sha256_file
     from ..published import published_recall
     from ..runtime import resolve_device
 
     if args.nprobe < 1:
         raise ConfigError(f"--nprobe: expected >= 1, got {args.nprobe}")
+    if args.rerank:  # a bad spec fails before the model loads
+        from ..rerank import parse_rerank
+
+        parse_rerank(args.rerank)
     device = resolve_device(args.device, flag="--device")
     model, trained, state = load_model(args.checkpoint, device)
     cfg = resolve_eval_config(args, state, trained)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    spec = _rerank_spec(args, cfg)
     splits = {k: v for k, v in build_splits(cfg.data).items() if k != "train"}
     if args.index_type:  # a factory that cannot be built fails before the embedding pass
         from ..index import check_factory
 
         check_factory(args.index_type, trained.model.embedding_dim, len(splits.get("test") or splits["gallery"]))
     start = time.perf_counter()
-    comparison = None
-    if args.index_type:
+    comparison = rerank = None
+    if spec is not None:
+        metrics, rerank = evaluate_with_rerank(model, splits, cfg, device, spec, progress=not args.quiet)
+    elif args.index_type:
         metrics, comparison = evaluate_with_index(model, splits, cfg, device, args.index_type, args.nprobe,
                                                   progress=not args.quiet)
     else:
@@ -196,8 +230,9 @@ def main(args: argparse.Namespace) -> int:
             "column": PUBLISHED_COLUMN, "source": published.source, "setting": published.setting,
             "crop": published.crop_text, "recall_percent": {str(k): v for k, v in published.recall.items()}},
         "config": to_dict(cfg), **({"index_comparison": comparison} if comparison else {}),
+        **({"rerank_comparison": rerank} if rerank else {}),
     }
-    result["rows"] = _rows(metrics, cfg.eval.recall_k, published, comparison)
+    result["rows"] = _rows(metrics, cfg.eval.recall_k, published, comparison, rerank)
     text, markdown = format_report(result)
     print(text, end="")
     out = Path(args.out)

@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--eval on an approximate index (IVF, PQ, HNSW): also score N of the queries by exact "
                              "search over the folder's embeddings.npy (build_index.py --save-embeddings), beside the "
                              "index on the same N (default 1000; 0: off)")
+    parser.add_argument("--rerank", metavar="NAME[:k=v,...]",
+                        help="re-rank the results: none | aqe | dba | dba_aqe | kreciprocal, e.g. aqe:n=2,alpha=3 "
+                             "(docs/reranking.md); with --eval, plain and re-ranked metrics side by side. An "
+                             "approximate index needs embeddings.npy (build_index.py --save-embeddings)")
     parser.add_argument("--nprobe", type=int, default=16, help="IVF indexes: lists visited per query (default 16)")
     parser.add_argument("--ef-search", type=int, help="HNSW indexes: candidate list size (FAISS default 16)")
     add_embedding_args(parser)
@@ -123,11 +127,22 @@ def _print_results(queries: pd.DataFrame, results: list[pd.DataFrame], fmt: str)
             print()
 
 
+def _evaluate_rerank(args, cfg, queries, gallery, embeddings, access, spec) -> dict:
+    """``plain_vs_reranked`` of the labelled queries through the folder's index: metrics and ms / query of both."""
+    from ..rerank import plain_vs_reranked
+
+    ks = [int(k) for k in args.recall_k.split(",")] if args.recall_k else list(cfg.eval.recall_k)
+    q_codes, g_codes = _label_codes(queries["label"], gallery.metadata["label"])
+    return plain_vs_reranked(embeddings, q_codes, spec, ks, gallery=access, gallery_labels=g_codes,
+                             map_at_r=cfg.eval.map_at_r)
+
+
 def _print_metrics(result: dict[str, float], comparison: dict | None, fmt: str, n_query: int, n_gallery: int,
-                   setting: str) -> None:
+                   setting: str, rerank: dict | None = None) -> None:
     if fmt == "json":
         print(json.dumps({"queries": n_query, "gallery": n_gallery, "index": setting, **result,
-                          **({"exact_comparison": comparison} if comparison else {})}, indent=2))
+                          **({"exact_comparison": comparison} if comparison else {}),
+                          **({"rerank": rerank} if rerank else {})}, indent=2))
         return
     if fmt == "csv":
         rows = dict(result)
@@ -136,10 +151,19 @@ def _print_metrics(result: dict[str, float], comparison: dict | None, fmt: str, 
             rows.update({f"sample_exact_{k}": v for k, v in comparison["exact"].items()})
             rows.update(comparison["knn_recall"])
             rows.update({f"ms_per_query_{k}": v for k, v in comparison["ms_per_query"].items()})
+        if rerank:
+            rows.update({f"reranked_{k}": v for k, v in rerank["reranked"].items()})
+            rows.update({f"rerank_ms_per_query_{k}": v for k, v in rerank["ms_per_query"].items()})
         print("metric,value\n" + "".join(f"{k},{v:.6f}\n" for k, v in rows.items()), end="")
         return
     print(f"{n_query} queries against {n_gallery} gallery images ({setting})")
-    for key, value in result.items():
+    if rerank:
+        print(f"  {'metric':<12s} {'plain':>8s} {'re-ranked ' + rerank['rerank']}")
+        for key, value in result.items():
+            print(f"  {key:<12s} {value:8.4f} {rerank['reranked'][key]:8.4f}")
+        ms = rerank["ms_per_query"]
+        print(f"  {'ms / query':<12s} {ms['plain']:8.3f} {ms['reranked']:8.3f}")
+    for key, value in ({} if rerank else result).items():
         print(f"  {key:<12s} {value:.4f}")
     if comparison:
         print(f"\nthe index against exact search (embeddings.npy) on {comparison['sample']} of the queries:")
@@ -193,18 +217,26 @@ def main(args: argparse.Namespace) -> int:
         _check_explain(args.explain)
     from ..approximation import search_setting
     from ..gallery import open_gallery
+    from ..rerank import gallery_access, parse_rerank, rerank_search
+
+    spec = parse_rerank(args.rerank) if args.rerank else None
 
     queries = _queries(args)  # nonexistent paths fail first, then a broken index, before the model loads
     gallery = open_gallery(args.index)
     embedder = open_embedder_from(args)
     gallery.check_model(embedder)
     _check_decodable(queries["path"].tolist(), args.workers)
+    access = gallery_access(gallery, args.nprobe, args.ef_search) if spec and spec.name != "none" else None
     embeddings = embedder.embed(queries, progress=not args.quiet)
     if args.eval:
         result, comparison = _evaluate(args, embedder.cfg, queries, gallery, embeddings)
+        rerank = _evaluate_rerank(args, embedder.cfg, queries, gallery, embeddings, access, spec) if access else None
         setting = search_setting(gallery.manifest.get("factory", "?"), args.nprobe, args.ef_search)
-        _print_metrics(result, comparison, args.format, len(queries), gallery.count, setting)
-    results = gallery.results(*gallery.search(embeddings, args.top_k, args.nprobe, args.ef_search))
+        _print_metrics(result, comparison, args.format, len(queries), gallery.count, setting, rerank)
+    if access is not None:
+        results = gallery.results(*rerank_search(embeddings, access, args.top_k, spec))
+    else:
+        results = gallery.results(*gallery.search(embeddings, args.top_k, args.nprobe, args.ef_search))
     if not args.eval:
         _print_results(queries, results, args.format)
     if args.grid:
