@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from ..errors import ImageError, RetrievalError
-from .guards import BodyGuard, HostGuard, OriginGuard, SecurityHeaders, allowed_hosts
+from .guards import BodyGuard, HostGuard, OriginGuard, SecurityHeaders, allowed_hosts, send_error
 from .service import NotFound, RetrievalService, Settings
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,39 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+class AccessLog:
+    """One log line per request (method, path, status, ms), counted; a bug becomes a one-line 500.
+
+    Pure ASGI: BaseHTTPMiddleware reads the body in a task group, which would wrap the body
+    guard's 413/408 in an ExceptionGroup on its way to the handler.
+    """
+
+    def __init__(self, app, counters: dict):
+        self.app, self.counters = app, counters
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), [0]
+
+        async def record(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        except Exception:  # noqa: BLE001 - a bug: one line in the log, a 500 without traceback for the client
+            log.exception("%s %s failed", scope["method"], scope["path"])
+            if not status[0]:
+                status[0] = 500
+                await send_error(send, 500, "internal error (the server log has the details)")
+        self.counters["requests"] += 1
+        access.info("%s %s %d %.1f ms", scope["method"], scope["path"], status[0],
+                    1000 * (time.perf_counter() - start))
+
+
 def _allowed_methods(request: Request) -> str:
     """Every method some route serves at this path (Starlette's 405 names only the first route's)."""
     path = request.scope["path"]
@@ -245,20 +278,8 @@ def create_app(settings: Settings, service: RetrievalService | None = None, cors
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.token.encode()):
             raise HTTPException(401, "this endpoint needs Authorization: Bearer <token> (--token-file)")
 
-    @app.middleware("http")
-    async def log_requests(request: Request, call_next):
-        start = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception:  # noqa: BLE001 - a bug: one line in the log, a 500 without traceback for the client
-            log.exception("%s %s failed", request.method, request.url.path)
-            response = _error(500, "internal error (the server log has the details)")
-        counters["requests"] += 1
-        access.info("%s %s %d %.1f ms", request.method, request.url.path, response.status_code,
-                    1000 * (time.perf_counter() - start))
-        return response
-
-    # Outermost last: headers on every answer, then Host, then Origin, then the body, then routing.
+    # Outermost last: headers on every answer, the access log (refusals too), then Host, then Origin,
+    # then the body, then routing.
     def body_limit(kind: str) -> int:
         if kind == "application/json":
             return JSON_BODY_BYTES
@@ -272,6 +293,7 @@ def create_app(settings: Settings, service: RetrievalService | None = None, cors
                            allow_headers=["Authorization"])
     app.add_middleware(OriginGuard, trusted_origins=cors)
     app.add_middleware(HostGuard, hosts=allowed_hosts(settings.host, settings.allowed_hosts))
+    app.add_middleware(AccessLog, counters=counters)
     app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(StarletteHTTPException)

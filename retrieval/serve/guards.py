@@ -129,8 +129,12 @@ class BodyRejected(HTTPException):
     """A body over the limit (413) or too slow to arrive (408).
 
     An HTTPException, so that FastAPI's body parsing re-raises it rather than turning it into
-    its generic 400, and the app's handler answers it in the one error shape.
+    its generic 400, and the app's handler answers it in the one error shape. The rest of the
+    body is never read, so the answer closes the connection.
     """
+
+    def __init__(self, status_code: int, detail: str):
+        super().__init__(status_code, detail, headers={"Connection": "close"})
 
 
 class BodyGuard:
@@ -147,7 +151,7 @@ class BodyGuard:
         limit = self.limit(kind)
         declared = _header(scope, b"content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-            await send_error(send, 413, _too_large(int(declared), limit))  # refused before reading a byte
+            await send_error(send, 413, _too_large(int(declared), limit), [(b"connection", b"close")])  # unread
             return
         state = {"seen": 0, "done": False, "started": False}
 
@@ -174,7 +178,7 @@ class BodyGuard:
         except BodyRejected as err:  # read somewhere no handler answers it (e.g. by a middleware)
             if state["started"]:
                 raise
-            await send_error(send, err.status_code, str(err.detail))
+            await send_error(send, err.status_code, str(err.detail), [(b"connection", b"close")])
 
 
 def _too_large(size: int, limit: int) -> str:
