@@ -184,9 +184,10 @@ class RetrievalService:
         except OSError as err:
             why = "is a symbolic link" if os.path.islink(path) else f"cannot be opened ({err.strerror})"
             raise NotFound(f"item {item_id}: its image file {why}; only regular files are served") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise NotFound(f"item {item_id}: its image file is not a regular file on the server")
         with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise NotFound(f"item {item_id}: its image file is not a regular file on the server")
             data = fh.read()
         return data, mimetypes.guess_type(path)[0] or "application/octet-stream", path
 
