@@ -231,7 +231,8 @@ def _vectors(body: bytes, model: type[BaseModel], max_queries: int) -> tuple[np.
     if len({len(r) for r in rows}) != 1:
         raise HTTPException(400, f"embedding: every vector needs the same length; got lengths "
                                  f"{sorted({len(r) for r in rows})}")
-    return np.asarray(rows, dtype=np.float32), query.k
+    with np.errstate(over="ignore"):  # a number beyond float32 becomes inf, which search refuses (400)
+        return np.asarray(rows, dtype=np.float32), query.k
 
 
 def _search_response(service: RetrievalService, vectors: np.ndarray, names: list[str], k: int,
