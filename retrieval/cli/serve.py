@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..runtime import PRECISIONS
 
     parser = new_parser("retrieval-serve", "Serve top-K retrieval over an index folder built by build_index.py with "
-                        "the same checkpoint: HTTP API (OpenAPI at /docs) and a web page at /.",
+                        "the same checkpoint: HTTP API (OpenAPI document at /openapi.json) and a web page at /.",
                         "retrieval-serve --checkpoint runs/cub/last.pt --index indexes/cub --port 8000")
     add_checkpoint_arg(parser, "the checkpoint the index was built with")
     parser.add_argument("--index", required=True, metavar="INDEX_DIR", help="index folder from build_index.py")
