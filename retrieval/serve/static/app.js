@@ -1,3 +1,5 @@
+// The page's script, served as /static/app.js rather than inline: the Content-Security-Policy
+// (default-src 'self') runs no inline script.
 const $ = (id) => document.getElementById(id);
 let offset = 0, lastQuery = null;
 
@@ -26,7 +28,6 @@ function tile(src, lines, kind, onClick) {
   return div;
 }
 
-// Loaded from /static/app.js, not inline: the Content-Security-Policy (script-src 'self') runs no inline script.
 function clearResults() {
   $("results").replaceChildren();
   $("resultsTitle").hidden = true;
