@@ -374,7 +374,7 @@ def create_app(settings: Settings, service: RetrievalService | None = None, cors
 
     @app.get("/items/{item_id}", response_model=Item, responses=errors(404))
     async def item(item_id: ItemId, service: RetrievalService = Depends(svc)):
-        return Item(**service.item(item_id))
+        return Item(**await run_in_threadpool(service.item, item_id))
 
     @app.get("/items/{item_id}/image", response_class=Response, responses={
         200: {"content": {"image/*": {}}, "description": "the gallery image file"}, **errors(404)})

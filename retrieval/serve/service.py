@@ -7,7 +7,8 @@ meanwhile finish on the old snapshot: none sees a half-applied write.
 
 Writes hold the folder's writer lock (``retrieval.files.writer_lock``, the one ``build_index.py
 --append`` takes) and first reload the folder when its manifest changed under the service, so
-the ids a write answers are the ids written, whoever else appended meanwhile.
+the ids a write answers are the ids written, whoever else appended meanwhile. Reads reload too
+when the manifest file was replaced (one stat per request), so they see another process's appends.
 
 Uploaded gallery images are kept in ``<index>.uploads/`` beside the index folder, named by
 their sha256, written atomically before the index refers to them; a removed item's upload is
@@ -40,7 +41,7 @@ from ..embed import forward_embeddings
 from ..errors import ConfigError, IndexFormatError
 from ..files import atomic_write_bytes, writer_lock
 from ..gallery import Embedder, Gallery, build_gallery, open_embedder, open_gallery
-from ..index import read_manifest, remove_entries
+from ..index import MANIFEST_FILE, read_manifest, remove_entries
 from ..runtime import resolve_precision
 from .batcher import MicroBatcher
 
@@ -88,7 +89,8 @@ class RetrievalService:
         self.settings = settings
         self.embedder: Embedder = open_embedder(settings.checkpoint, settings.device, workers=0,
                                                 precision=settings.precision)
-        self.gallery: Gallery = open_gallery(settings.index, self.embedder)
+        self._stamp: tuple | None = None
+        self.gallery: Gallery = self._load()
         self.uploads = settings.index.parent / f"{settings.index.name}.uploads"
         self._dtype = resolve_precision(settings.precision, self.embedder.device, flag="--precision")
         fmt = torch.channels_last if self.embedder.cfg.train.channels_last else torch.contiguous_format
@@ -133,7 +135,7 @@ class RetrievalService:
         Built for all queries at once (one gather over the (queries, k) id array): a request of
         MAX_QUERIES queries at the largest k is one numpy pass, not MAX_QUERIES pandas frames.
         """
-        gallery = self.gallery  # one snapshot for the whole request
+        gallery = self.current()  # one snapshot for the whole request
         k = self.check_k(k)
         if embeddings.ndim != 2 or embeddings.shape[1] != self.embedder.dim:
             raise ConfigError(f"embedding: expected {self.embedder.dim} numbers per query, got shape "
@@ -159,7 +161,7 @@ class RetrievalService:
         return str(path) if self.settings.expose_paths else os.path.basename(str(path))
 
     def _row(self, item_id: int) -> dict:
-        gallery = self.gallery
+        gallery = self.current()
         if not gallery.is_live(item_id):
             raise NotFound(f"no item with id {item_id}")
         row = gallery.metadata.iloc[item_id]
@@ -203,21 +205,50 @@ class RetrievalService:
             return self.embed([self.decode(data, path)])
 
     def items(self, offset: int, limit: int) -> tuple[int, list[dict]]:
-        gallery = self.gallery
+        gallery = self.current()
         live = np.delete(np.arange(gallery.index.ntotal), gallery.removed_ids) if len(gallery.removed_ids) \
             else range(gallery.index.ntotal)
         return len(live), [self.item(int(i)) for i in live[offset:offset + limit]]
+
+    def current(self) -> Gallery:
+        """The snapshot to read, reloaded first when another process rewrote the folder (one stat per call).
+
+        A write in progress (this process's) reloads anyway, so a read never waits for one; a
+        folder caught mid-swap by another writer is read again on a later call.
+        """
+        if self._manifest_stamp() != self._stamp and self._write.acquire(blocking=False):
+            try:
+                self._refresh()
+            except IndexFormatError as err:
+                log.warning("%s: not reloaded this time (%s)", self.settings.index, err)
+            finally:
+                self._write.release()
+        return self.gallery
+
+    def _manifest_stamp(self) -> tuple | None:
+        try:
+            st = os.stat(self.settings.index / MANIFEST_FILE)  # a rewrite renames a new folder in: a new inode
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def _load(self) -> Gallery:
+        self._stamp = self._manifest_stamp()  # before loading: a change during the load is seen next time
+        return open_gallery(self.settings.index, self.embedder)
 
     # -- writing -------------------------------------------------------------------------------
 
     def _refresh(self) -> None:
         """Reload the folder if another writer (``build_index.py --append``) changed it since it was loaded.
 
-        Called under the writer lock, so the folder cannot change again before the write.
+        Writes call it under the writer lock, so the folder cannot change again before the write.
         """
+        stamp = self._manifest_stamp()
         if read_manifest(self.settings.index) != self.gallery.manifest:
             log.info("%s changed on disk since it was loaded: reloading it", self.settings.index)
-            self.gallery = open_gallery(self.settings.index, self.embedder)
+            self.gallery = self._load()
+        else:
+            self._stamp = stamp  # touched, not changed: no need to read it again
 
     def _store_upload(self, data: bytes, name: str) -> Path:
         suffix = Path(name).suffix.lower() if Path(name).suffix.lower() in (".jpg", ".jpeg", ".png", ".webp",
@@ -237,7 +268,7 @@ class RetrievalService:
             table = pd.DataFrame({"path": [str(p) for p in paths], "label": labels, "split": "upload"})
             manifest = build_gallery(self.embedder, embeddings, table, self.settings.index,
                                      source="retrieval-serve", append=True)
-            self.gallery = open_gallery(self.settings.index, self.embedder)
+            self.gallery = self._load()
         return list(range(manifest["count"] - len(files), manifest["count"]))  # appended last, under the lock
 
     def remove(self, item_id: int) -> None:
@@ -245,7 +276,7 @@ class RetrievalService:
             self._refresh()
             path = self._row(item_id)["path"]  # NotFound for an unknown or already removed id
             remove_entries(self.settings.index, [item_id])
-            self.gallery = open_gallery(self.settings.index, self.embedder)
+            self.gallery = self._load()
             if self._own_upload(path) and path not in self._live_paths():
                 Path(path).unlink(missing_ok=True)
 

@@ -82,8 +82,10 @@ def test_bad_json_queries_are_4xx_not_500_nor_silently_changed(client_for, index
 def test_json_k_and_integer_numbers_are_used_as_given(client_for, index_dir):
     client = client_for(index_dir)
     v = [int(round(10 * x)) for x in vector(index_dir)]  # ints are numbers
-    assert len(client.post("/search", params={"k": 5}, json={"embedding": v, "k": 2}).json()["queries"][0]["results"]) == 2
-    assert len(client.post("/search", params={"k": 5}, json={"embedding": v}).json()["queries"][0]["results"]) == 5
+    def hits(body):
+        return len(client.post("/search", params={"k": 5}, json=body).json()["queries"][0]["results"])
+
+    assert hits({"embedding": v, "k": 2}) == 2 and hits({"embedding": v}) == 5 and hits({"embedding": v, "k": None}) == 5
 
 
 @pytest.mark.parametrize("swap", ["moved away", "directory", "symlink to /etc/passwd", "fifo"])
@@ -163,6 +165,7 @@ def test_ids_are_the_ones_written_when_the_folder_is_appended_to_behind_the_serv
     three.write_text("path,label\n" + "".join(f"{p},cli\n" for p in assets["paths"][:3]))
     assert build_index.main(["--checkpoint", str(assets["ckpt"]), "--out", str(index_dir), "--csv", str(three),
                              "--append", *FAST]) == 0
+    assert client.get("/items/10").json()["label"] == "cli"  # reads follow the folder too
     new_id = add(client, label="served")
     assert new_id == 12  # 9 + 3 from the command line, not 9 from the service's memory
     assert client.get(f"/items/{new_id}").json()["label"] == "served"

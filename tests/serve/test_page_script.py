@@ -24,9 +24,15 @@ globalThis.URL = {createObjectURL: () => "blob:query"};
 const hit = {rank: 1, id: 4, score: 1, label: "class1", path: "1.png"};
 let searchFails = false;
 globalThis.fetch = async (url) => {
-  if (url.startsWith("/search") && searchFails) return {ok: false, statusText: "Bad", json: async () => ({error: "not an image"})};
-  if (url.startsWith("/search")) return {ok: true, json: async () => ({queries: [{query: "q.png", results: [hit]}]})};
-  if (url.startsWith("/stats")) return {ok: true, json: async () => ({count: 9, dim: 16, index_type: "Flat", checkpoint_sha256: "ab".repeat(32)})};
+  if (url.startsWith("/search") && searchFails) {
+    return {ok: false, statusText: "Bad", json: async () => ({error: "not an image"})};
+  }
+  if (url.startsWith("/search")) {
+    return {ok: true, json: async () => ({queries: [{query: "q.png", results: [hit]}]})};
+  }
+  if (url.startsWith("/stats")) {
+    return {ok: true, json: async () => ({count: 9, dim: 16, index_type: "Flat", checkpoint_sha256: "ab".repeat(32)})};
+  }
   return {ok: true, json: async () => ({total: 0, items: []})};
 };
 const tick = () => new Promise((r) => setTimeout(r, 0));
