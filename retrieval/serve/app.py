@@ -1,7 +1,7 @@
 """The HTTP API and web page of ``retrieval-serve`` (FastAPI), thin over ``RetrievalService``.
 
 State is loaded once in the app's lifespan (FastAPI "Lifespan Events"); request and response
-shapes are pydantic models, so ``/openapi.json`` documents them, every status included; every
+shapes are pydantic models (``schemas``), so ``/openapi.json`` documents them, every status included; every
 error is a JSON body ``{"error": "..."}`` (unknown routes, 405 and validation errors too) with a
 4xx status saying what was wrong (a bug is a 500 with a one-line body, never a traceback).
 Gallery files are served by id only: nothing a request sends becomes a filesystem path.
@@ -17,21 +17,21 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Annotated
-
 import numpy as np
 import torch
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from ..errors import ImageError, RetrievalError
 from .guards import BodyGuard, HostGuard, OriginGuard, SecurityHeaders, allowed_hosts, send_error
+from .schemas import (Added, Health, Item, ItemId, ItemList, Removed, SearchResponse, Stats, embedding_query, errors,
+                      multipart_body)
 from .service import NotFound, RetrievalService, Settings
 
 log = logging.getLogger(__name__)
@@ -40,109 +40,6 @@ access = logging.getLogger("retrieval.serve.access")
 # A JSON query body: MAX_QUERIES vectors of up to 4096 numbers at ~64 characters each, with room.
 JSON_BODY_BYTES = 4 << 20
 MAX_NPROBE = 1 << 16
-
-ItemId = Annotated[int, Path(description="the item's id (its row in the index)")]
-Number = Annotated[float, Strict()]  # a JSON number (ints too); "0.1" and true are refused, not converted
-
-
-class ErrorBody(BaseModel):
-    error: str = Field(description="what was wrong with the request, in one line")
-
-
-ERRORS = {
-    400: "bad input: an image that does not decode, a vector of the wrong size, k beyond --max-k, "
-         "too many queries or files, or a Host header this server does not serve",
-    401: "a write without the bearer token (when the server has one)",
-    403: "a write sent by a page of another site (Origin / Sec-Fetch-Site)",
-    404: "no live item with this id, or its image file is missing or not a regular file; unknown routes",
-    408: "the request body did not arrive in time",
-    413: "the request body or an uploaded file is over the size limit",
-    415: "a body or uploaded part of the wrong content type",
-    422: "the request does not have the documented shape",
-}
-COMMON = (400, 408, 413, 422)  # any request: Host check, body guard, parameter validation
-
-
-def errors(*codes: int) -> dict:
-    """The ``responses=`` of a route: each error status with its ``ErrorBody`` and meaning."""
-    return {c: {"model": ErrorBody, "description": ERRORS[c]} for c in sorted({*COMMON, *codes})}
-
-
-def multipart_body(labels: bool, max_files: int) -> dict:
-    """OpenAPI requestBody of an upload route: multipart field ``images`` (and optional ``labels``)."""
-    fields = {"images": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
-                         "maxItems": max_files, "description": "image files (JPEG, PNG, WebP, …)"}}
-    if labels:
-        fields["labels"] = {"type": "array", "items": {"type": "string"},
-                            "description": "one label per image, in the same order (optional)"}
-    return {"type": "object", "required": ["images"], "properties": fields}
-
-
-class Hit(BaseModel):
-    rank: int
-    id: int
-    score: float
-    label: str
-    path: str = Field(description="the file's name (its full server path with --expose-paths)")
-
-
-class QueryResult(BaseModel):
-    query: str = Field(description="the uploaded file's name, 'embedding N' or 'item N'")
-    results: list[Hit]
-
-
-class SearchResponse(BaseModel):
-    queries: list[QueryResult]
-
-
-def embedding_query(max_k: int, max_queries: int) -> type[BaseModel]:
-    """The JSON body of ``POST /search``, with this server's bounds (so the document states them)."""
-
-    class EmbeddingQuery(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        embedding: list[Number] | list[list[Number]] = Field(
-            description=f"one vector or a list of up to {max_queries} vectors (dim numbers each)")
-        k: StrictInt | None = Field(None, ge=1, le=max_k, description="results per query (else the k parameter)")
-
-    return EmbeddingQuery
-
-
-class Item(BaseModel):
-    id: int
-    path: str = Field(description="the file's name (its full server path with --expose-paths)")
-    label: str
-    split: str
-
-
-class ItemList(BaseModel):
-    total: int
-    items: list[Item]
-
-
-class Added(BaseModel):
-    ids: list[int] = Field(description="the ids the new items were written under, in upload order")
-
-
-class Removed(BaseModel):
-    removed: int
-
-
-class Health(BaseModel):
-    status: str
-    count: int
-
-
-class Stats(BaseModel):
-    count: int
-    removed: int
-    dim: int
-    index_type: str
-    checkpoint: str
-    checkpoint_sha256: str
-    uptime_s: float
-    requests: int
-    forward_batches: int
-    images_embedded: int
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
