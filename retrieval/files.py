@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -173,18 +174,42 @@ def remove_stale_temporaries(folder: str | Path, names: tuple[str, ...]) -> list
     return removed
 
 
+_local = threading.local()
+
+
+def _held_locks() -> set:
+    if not hasattr(_local, "held"):
+        _local.held = set()
+    return _local.held
+
+
+@contextmanager
+def _holding(held: set, key: str) -> Iterator[None]:
+    held.add(key)
+    try:
+        yield
+    finally:
+        held.discard(key)
+
+
 @contextmanager
 def writer_lock(path: str | Path, what: str = "writer") -> Iterator[None]:
     """Hold an exclusive ``fcntl`` lock on ``.NAME.lock`` beside ``path`` (waits for another writer).
 
     The lock file sits beside the target, not inside it, because writers replace the whole
     folder: a lock inside would vanish with the old folder. Readers take no lock; they see the
-    old folder or the new one.
+    old folder or the new one. Re-entrant within one thread: flock locks belong to an open file,
+    so a second open in the same process would otherwise wait for itself.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.parent / f".{path.name}.lock"
-    with open(lock, "a+") as fh:
+    key = os.path.abspath(lock)
+    held = _held_locks()
+    if key in held:  # re-entered by the thread holding it (the service locks around build_index's own lock)
+        yield
+        return
+    with open(lock, "a+") as fh, _holding(held, key):
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:

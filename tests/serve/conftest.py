@@ -35,6 +35,7 @@ def index_dir(built_index, tmp_path):
 
 
 def make_settings(assets, index_dir, **kw) -> Settings:
+    kw.setdefault("allowed_hosts", ("testserver",))  # the Host header of Starlette's TestClient
     return Settings(checkpoint=assets["ckpt"], index=index_dir, precision="fp32", **kw)
 
 

@@ -1,4 +1,7 @@
 """The real server process: its command line refusals, and kill -9 right after and during an add."""
+import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -23,6 +26,26 @@ def test_refuses_a_public_address_without_a_token_and_short_tokens(assets, index
     assert serve.main(["--checkpoint", str(assets["ckpt"]), "--index", str(tmp_path / "nope")]) != 0
     err = capsys.readouterr().err
     assert "nope" in err and "Traceback" not in err
+
+
+def test_argument_refusals_come_before_the_model_is_loaded(tmp_path, capsys):
+    missing = ["--checkpoint", str(tmp_path / "no.pt"), "--index", str(tmp_path / "no-index")]
+    assert serve.main([*missing, "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert "--host 0.0.0.0" in err and "no.pt" not in err  # refused on the arguments, nothing opened
+
+
+def test_a_port_in_use_is_one_error_line_before_anything_is_served(assets, index_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        run = subprocess.run([sys.executable, "-m", "retrieval.serve", "--checkpoint", str(assets["ckpt"]),
+                              "--index", str(index_dir), "--port", str(port), "--precision", "fp32"],
+                             capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "serving" not in run.stdout
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and f"--port {port}" in lines[0], run.stderr
 
 
 def test_kill_minus_9_after_and_during_an_add(assets, index_dir):
