@@ -115,7 +115,7 @@ def _rows(metrics: dict, ks: list[int], published, comparison: dict | None = Non
 
 def _describe_model(cfg) -> str:
     m = cfg.model
-    return (f"{m.backbone}{' + CBAM' if m.cbam else ''}, CGD {m.descriptors}, {m.embedding_dim}-d, "
+    return (f"{m.backbone}{'' if m.attention == 'none' else ' + ' + m.attention.upper()}, CGD {m.descriptors}, {m.embedding_dim}-d, "
             f"pretrained={m.pretrained}")
 
 

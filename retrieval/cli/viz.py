@@ -16,8 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="retrieval-viz", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="picture", required=True)
-    att = sub.add_parser("attention", help="CBAM spatial attention per stage and Grad-CAM of the embedding")
-    att.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint of a model with CBAM")
+    att = sub.add_parser("attention", help="Grad-CAM of the embedding, then the attention gates (CBAM, BAM) per stage")
+    att.add_argument("--checkpoint", required=True, metavar="CKPT", help="trained checkpoint (*.pt)")
     att.add_argument("images", nargs="+", metavar="IMAGE", help="images, one row each (at most 16)")
     att.add_argument("--out", required=True, metavar="OUT.png", help="picture to write")
     att.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")

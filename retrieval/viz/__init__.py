@@ -1,4 +1,4 @@
-"""Pictures: retrieval grids (query beside its top-K results), CBAM attention / Grad-CAM, Recall@K curves.
+"""Pictures: retrieval grids (query beside its top-K results), Grad-CAM / attention gates, Recall@K curves.
 
 The grid needs only Pillow; attention figures and curves need matplotlib (the ``viz`` extra),
 imported when they are drawn.
