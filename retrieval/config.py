@@ -58,12 +58,12 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "resnet50"  # a models.backbone.BACKBONES key: resnet18 | resnet34 | resnet50 | resnet101
     pretrained: str = "none"  # none | imagenet | path to a torchvision-format state dict
-    attention: str = "cbam"  # a models.attention.ATTENTIONS key: cbam (every block) | bam (after stages 1-3) | se | none
+    attention: str = "cbam"  # models.attention.ATTENTIONS: cbam (every block) | bam (after stages 1-3) | se | none
     cbam_reduction: int = 16  # channel reduction r of the attention MLPs (CBAM §3.1, BAM §3: 16)
     cbam_kernel: int = 7  # spatial-gate conv kernel (CBAM Table 2: 7 beats 3)
     cbam_arrangement: str = "channel_spatial"  # channel_spatial | spatial_channel | parallel (CBAM Table 3)
     cbam_pool: str = "avg_max"  # pooling inside the gates: avg | max | avg_max (CBAM Tables 1-2)
-    cbam_init: str = "auto"  # init of the attention (CBAM, SE, BAM): auto (identity when pretrained, else paper) | identity | paper
+    cbam_init: str = "auto"  # attention init (CBAM, SE, BAM): auto (identity if pretrained, else paper) | identity | paper
     last_stride: int = 1  # 1: no down-sampling in the last stage (CGD: 14×14 map at 224 px); 2: torchvision's
     descriptors: str = "SG"  # CGD global descriptors over S (SPoC), M (MAC), G (GeM); the first feeds the classifier
     embedding_dim: int = 1536  # total embedding size, split evenly over the descriptors (CGD: 1536)
@@ -94,7 +94,7 @@ class OptimConfig:
     step_epochs: list[int] = field(default_factory=lambda: [12, 24])  # step: epochs where lr is multiplied by gamma
     gamma: float = 0.1  # step: multiplier
     warmup_epochs: float = 0.0  # linear warm-up length in epochs
-    attention_lr_mult: float = 1.0  # lr multiplier of the attention parameters, CBAM/SE/BAM (from scratch: 10, docs/training.md)
+    attention_lr_mult: float = 1.0  # lr multiplier of the CBAM/SE/BAM parameters (from scratch: 10, docs/training.md)
 
 
 @dataclass
@@ -414,7 +414,7 @@ def _legacy_attention(raw: dict) -> str:
 
 
 def migrate_model(raw: dict, quiet: bool = False) -> dict:
-    """A raw ``model`` section with the old keys ``cbam: false`` → ``attention: none``, ``cbam_spatial: false`` → se."""
+    """A raw ``model`` section with the old keys read: ``cbam: false`` → attention none, ``cbam_spatial: false`` → se."""
     old = [k for k in ("cbam", "cbam_spatial") if k in raw]
     if not old:
         return raw

@@ -12,8 +12,9 @@ with ``manifest.json`` holding the parameters, so the demo reads it through the 
 as users' data. ``mask`` names a PNG under ``masks/`` (same relative name): the binary mask
 (0 / 255) of the class-defining object as it is visible, without the clutter behind it and
 with the pixels an occluder in front hides removed; the localisation score
-(``retrieval.localisation``) measures attention maps against it. The first half of the classes is train, the second half test. Every image
-depends only on (seed, class, instance): generation is deterministic and parallel.
+(``retrieval.localisation``) measures attention maps against it. The first half of the
+classes is train, the second half test. Every image (and mask) depends only on (seed, class,
+instance): generation is deterministic and parallel.
 """
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ from .net import RetrievalNet, build_model, resolve_cbam_init
 from .pretrained import LoadReport, load_pretrained
 
 __all__ = [
-    "ATTENTIONS", "AttentionPlan", "BACKBONES", "BAM", "CBAM", "CBAMBasicBlock", "CBAMBottleneck", "CGDHead", "ChannelGate", "GlobalDescriptor",
-    "LoadReport", "ResNetBackbone", "RetrievalNet", "SpatialGate", "build_attention", "build_model", "build_resnet", "is_attention_parameter",
+    "ATTENTIONS", "AttentionPlan", "BACKBONES", "BAM", "CBAM", "CBAMBasicBlock", "CBAMBottleneck", "CGDHead",
+    "ChannelGate", "GlobalDescriptor", "LoadReport", "ResNetBackbone", "RetrievalNet", "SpatialGate",
+    "build_attention", "build_model", "build_resnet", "is_attention_parameter",
     "load_pretrained", "resolve_cbam_init",
 ]

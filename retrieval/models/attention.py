@@ -32,7 +32,7 @@ _ATTENTION_KEY = re.compile(r"(^|\.)(cbam|bam\d)\.")
 
 @dataclass(frozen=True)
 class AttentionPlan:
-    """Factories ``channels → module``: ``block`` goes into every residual block, ``bottleneck`` after stages 1–3."""
+    """Factories ``channels → module``: ``block`` into every residual block, ``bottleneck`` after stages 1–3."""
 
     block: Callable[[int], nn.Module] | None = None
     bottleneck: Callable[[int], nn.Module] | None = None

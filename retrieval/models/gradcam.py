@@ -9,8 +9,8 @@ L2-normalised, and the Jacobian of x ↦ x/‖x‖ is (I − e eᵀ)/‖x‖, wh
 target is taken one step earlier, on each CGD branch's output u_b = FC_b(pool_b(A)) (centred
 by the head's BN when it has one) before its L2 normalisation (CGD §3.2):
 y = Σ_b u_b · sg(u_b / ‖u_b‖), the projection of each branch onto its own (fixed) direction.
-Its gradient says which feature-map locations make the image's descriptor stronger along the direction it already points to, i.e. what the
-embedding is "made of". A is the last stage's feature map (the CGD head's input); weights
+Its gradient says which feature-map locations make the image's descriptor stronger along the
+direction it already points to, i.e. what the embedding is "made of". A is the last stage's feature map (the CGD head's input); weights
 α_c = spatial mean of ∂y/∂A_c, map = ReLU(Σ_c α_c A_c), scaled to [0, 1] per image.
 """
 from __future__ import annotations

@@ -28,7 +28,8 @@ def test_every_family_builds_where_it_belongs(kind, cbams, bams, spatial):
 
 def test_attention_parameter_names():
     assert is_attention_parameter("backbone.layer1.0.cbam.channel.mlp.0.weight")
-    assert is_attention_parameter("bam2.spatial.body.0.weight") and is_attention_parameter("backbone.bam3.channel.mlp.3.bias")
+    assert is_attention_parameter("bam2.spatial.body.0.weight")
+    assert is_attention_parameter("backbone.bam3.channel.mlp.3.bias")
     assert not is_attention_parameter("backbone.layer1.0.bn1.weight") and not is_attention_parameter("head.bams.0")
 
 
