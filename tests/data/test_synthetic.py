@@ -119,3 +119,16 @@ def test_masks_are_read_into_the_records(tmp_path):
     root = generate(tmp_path / "s", **SMALL)
     records = read_csv(root / "labels.csv")
     assert all(m.startswith(str(root.resolve())) and m.endswith(".png") for m in records["mask"])
+
+
+def test_a_version_1_folder_is_still_read(tmp_path, caplog):
+    """Folders generated before masks existed keep working (without masks) and say how to get them."""
+    root = generate(tmp_path / "s", **SMALL)
+    manifest = json.loads((root / "manifest.json").read_text())
+    (root / "manifest.json").write_text(json.dumps({**manifest, "version": 1}))
+    with caplog.at_level("WARNING"):
+        assert generate(tmp_path / "s", **SMALL) == root
+    assert "without object masks" in caplog.text
+    (root / "manifest.json").write_text(json.dumps({**manifest, "version": 1, "size": 40}))
+    with pytest.raises(DataError, match="other parameters"):
+        generate(tmp_path / "s", **SMALL)
