@@ -210,7 +210,8 @@ def main(args: argparse.Namespace) -> int:
     print(space_text)
     print(localisation_text)
     print(f"pictures: {', '.join(str(p) for p in [out / 'grid.png', *pictures])}")
-    print(f"demo took {total:.0f} s (training {stamps['train_s']:.0f} s); everything is under {out}/")
+    print(f"demo took {total:.0f} s (training {stamps['train_s']:.0f} s, localisation "
+          f"{stamps['localisation_s']:.0f} s); everything is under {out}/")
     result = {"untrained": untrained, "trained": trained, "checkpoint": str(checkpoint), "selection": chosen,
               "embedding_space": space, "localisation": localisation,
               "seconds": {**stamps, "total_s": total},
