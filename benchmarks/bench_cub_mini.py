@@ -48,19 +48,19 @@ from .common import header, machine_line, write_results
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "cub_mini.yaml"
 
-TRIPLET_ONLY = ["model.cbam=false", "model.descriptors=S", "loss.cls_weight=0"]
+TRIPLET_ONLY = ["model.attention=none", "model.descriptors=S", "loss.cls_weight=0"]
 PROXY_ANCHOR = ["loss.name=proxy_anchor", "loss.miner=none", "loss.args={margin: 0.1, alpha: 32}"]
 BEFORE = ["model.embedding_bn=false", "optim.attention_lr_mult=1"]
 # name → (description, overrides on top of the config)
 MODELS: dict[str, tuple[str, list[str]]] = {
     "a": ("(a) triplet alone (S, no classifier)", TRIPLET_ONLY),
-    "b": ("(b) CGD head (SG + classifier), no CBAM", ["model.cbam=false"]),
-    "c": ("(c) CBAM + CGD head", ["model.cbam=true"]),
-    "d": ("(d) Proxy-Anchor + CGD head, no CBAM", ["model.cbam=false", *PROXY_ANCHOR]),
-    "e": ("(e) Proxy-Anchor + CBAM + CGD head", ["model.cbam=true", *PROXY_ANCHOR]),
+    "b": ("(b) CGD head (SG + classifier), no CBAM", ["model.attention=none"]),
+    "c": ("(c) CBAM + CGD head", ["model.attention=cbam"]),
+    "d": ("(d) Proxy-Anchor + CGD head, no CBAM", ["model.attention=none", *PROXY_ANCHOR]),
+    "e": ("(e) Proxy-Anchor + CBAM + CGD head", ["model.attention=cbam", *PROXY_ANCHOR]),
     "a0": ("(a) before #10", [*TRIPLET_ONLY, *BEFORE]),
-    "b0": ("(b) before #10", ["model.cbam=false", *BEFORE]),
-    "c0": ("(c) before #10", ["model.cbam=true", *BEFORE]),
+    "b0": ("(b) before #10", ["model.attention=none", *BEFORE]),
+    "c0": ("(c) before #10", ["model.attention=cbam", *BEFORE]),
 }
 SHOWN = ["recall@1", "recall@8", "map@r", "mean_norm", "pq16_recall@1", "pq64_recall@1", "cos_same", "cos_diff",
          "untrained_recall@1", "metric_loss_first", "metric_loss_last", "span_stage3", "span_stage4", "train_s"]
@@ -183,7 +183,7 @@ def pictures(entries: list[dict], cfg: Config, out: Path) -> list[str]:
             png = out / f"cub_mini_scores_{key}.png"
             score_figure(x, y, png, title=f"{chosen[0]['name']}, seed {chosen[0]['seed']}: CUB_mini test species")
             made.append(str(png))
-            if model_cfg.model.cbam:
+            if model.gate_modules():
                 png = out / f"cub_mini_attention_{key}.png"
                 attention_figure(model, firsts[:: max(1, len(firsts) // 4)][:4], model_cfg, png)
                 made.append(str(png))

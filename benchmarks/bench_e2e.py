@@ -69,7 +69,7 @@ def run(args) -> dict:
     dtype = resolve_precision(args.precision, device)
     torch.manual_seed(0)
     cfg = ModelConfig(backbone=args.backbone, pretrained="none", embedding_dim=args.dim, descriptors=args.descriptors,
-                      cbam=not args.no_cbam)
+                      attention="none" if args.no_cbam else "cbam")
     model = build_model(cfg, num_classes=0, load_weights=False).to(device).eval()
     model.to(memory_format=torch.channels_last)  # as embed_dataset runs it (converted once, kept)
     transform = build_transforms(DataConfig(image_size=args.size), train=False)

@@ -83,7 +83,7 @@ def run(args) -> dict:
     batches = [(torch.randn(args.batch, 3, args.size, args.size), torch.zeros(args.batch, dtype=torch.int64))
                for _ in range(args.steps)]
     cfg = ModelConfig(backbone=args.backbone, pretrained="none", embedding_dim=args.dim,
-                      descriptors=args.descriptors, cbam=not args.no_cbam)
+                      descriptors=args.descriptors, attention="none" if args.no_cbam else "cbam")
     models = {f"project {args.backbone}{'' if args.no_cbam else '+CBAM'}+CGD {args.descriptors} "
               f"({args.dim}-d)": build_model(cfg, num_classes=0, load_weights=False)}
     if args.plain_torchvision:

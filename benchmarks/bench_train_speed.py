@@ -36,7 +36,8 @@ def _step_fn(model, loss_fn, opt, images, labels, dtype, device):
 
 def _setup(args, channels_last: bool, dtype, device):
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone=args.backbone, embedding_dim=args.dim, descriptors=args.descriptors, cbam=not args.no_cbam)
+    cfg = ModelConfig(backbone=args.backbone, embedding_dim=args.dim, descriptors=args.descriptors,
+                      attention="none" if args.no_cbam else "cbam")
     classes = args.batch // 4
     model = build_model(cfg, num_classes=classes).to(device).train()
     loss_fn = RetrievalLoss(LossConfig(), classes, args.dim)

@@ -23,6 +23,7 @@ import yaml
 from .data.sources import SOURCES
 from .errors import ConfigError
 from .losses import LOSSES, MINERS, miner_args
+from .models.attention import ATTENTIONS
 from .models.backbone import BACKBONES
 from .models.cbam import ARRANGEMENTS, INITS, POOLS
 from .models.cgd import parse_descriptors
@@ -58,13 +59,12 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "resnet50"  # a models.backbone.BACKBONES key: resnet18 | resnet34 | resnet50 | resnet101
     pretrained: str = "none"  # none | imagenet | path to a torchvision-format state dict
-    cbam: bool = True  # one CBAM in every residual block (Woo et al. 2018)
-    cbam_reduction: int = 16  # channel-gate MLP reduction r (CBAM §3.1: 16)
+    attention: str = "cbam"  # models.attention.ATTENTIONS: cbam (every block) | bam (after stages 1-3) | se | none
+    cbam_reduction: int = 16  # channel reduction r of the attention MLPs (CBAM §3.1, BAM §3: 16)
     cbam_kernel: int = 7  # spatial-gate conv kernel (CBAM Table 2: 7 beats 3)
     cbam_arrangement: str = "channel_spatial"  # channel_spatial | spatial_channel | parallel (CBAM Table 3)
     cbam_pool: str = "avg_max"  # pooling inside the gates: avg | max | avg_max (CBAM Tables 1-2)
-    cbam_spatial: bool = True  # false = channel gate only (the SE-style variant CBAM compares against)
-    cbam_init: str = "auto"  # auto (identity when pretrained, else paper) | identity | paper
+    cbam_init: str = "auto"  # attention init (CBAM, SE, BAM): auto (identity if pretrained, else paper) | identity | paper
     last_stride: int = 1  # 1: no down-sampling in the last stage (CGD: 14×14 map at 224 px); 2: torchvision's
     descriptors: str = "SG"  # CGD global descriptors over S (SPoC), M (MAC), G (GeM); the first feeds the classifier
     embedding_dim: int = 1536  # total embedding size, split evenly over the descriptors (CGD: 1536)
@@ -95,7 +95,7 @@ class OptimConfig:
     step_epochs: list[int] = field(default_factory=lambda: [12, 24])  # step: epochs where lr is multiplied by gamma
     gamma: float = 0.1  # step: multiplier
     warmup_epochs: float = 0.0  # linear warm-up length in epochs
-    attention_lr_mult: float = 1.0  # lr multiplier of the CBAM parameters (from scratch: 10, docs/training.md)
+    attention_lr_mult: float = 1.0  # lr multiplier of the CBAM/SE/BAM parameters (from scratch: 10, docs/training.md)
 
 
 @dataclass
@@ -142,6 +142,7 @@ CHOICES: dict[str, Registry | tuple[str, ...]] = {
     "data.name": SOURCES,
     "data.split": ("classes", "official"),
     "model.backbone": BACKBONES,
+    "model.attention": ATTENTIONS,
     "model.cbam_arrangement": ARRANGEMENTS,
     "model.cbam_pool": POOLS,
     "model.cbam_init": ("auto", *INITS),
@@ -411,6 +412,38 @@ def migrate_loss(raw: dict, quiet: bool = False) -> dict:
     return raw
 
 
+def _legacy_attention(raw: dict) -> str:
+    """The model.attention value the old keys ``cbam`` / ``cbam_spatial`` meant (both default true)."""
+    for key in ("cbam", "cbam_spatial"):
+        if key in raw and not isinstance(raw[key], bool):
+            raise ConfigError(f"model.{key}: expected bool, got {raw[key]!r} ({type(raw[key]).__name__}); "
+                              "it is replaced by model.attention (cbam | bam | se | none)")
+    if not raw.get("cbam", True):
+        return "none"
+    return "cbam" if raw.get("cbam_spatial", True) else "se"
+
+
+def migrate_model(raw: dict, quiet: bool = False) -> dict:
+    """A raw ``model`` section with the old keys read: ``cbam: false`` → attention none, ``cbam_spatial: false`` → se."""
+    old = [k for k in ("cbam", "cbam_spatial") if k in raw]
+    if not old:
+        return raw
+    raw = dict(raw)
+    implied = _legacy_attention(raw)
+    for key in old:
+        raw.pop(key)
+    chosen = raw.get("attention")
+    if chosen is not None and implied != "cbam" and chosen != implied:
+        raise ConfigError(f"model.{' and model.'.join(old)} (meaning model.attention={implied}) contradict "
+                          f"model.attention={chosen}; keep model.attention")
+    if chosen is None:
+        raw["attention"] = implied
+    (log.debug if quiet else log.warning)(
+        "model.%s is replaced by model.attention; read as model.attention=%s (write that instead)",
+        " and model.".join(old), raw["attention"])
+    return raw
+
+
 # Keys added after earlier versions stored resolved configs (checkpoints, index manifests), with
 # the value those versions used: a stored config without one rebuilds the model it describes.
 STORED_DEFAULTS = {("model", "embedding_bn"): False, ("optim", "attention_lr_mult"): 1.0}
@@ -420,8 +453,9 @@ def config_from_dict(raw: dict, overrides: list[str] | None = None, stored: bool
     """Build and validate a Config from a nested mapping plus overrides.
 
     stored: ``raw`` is a resolved config the library saved (checkpoint, run folder): keys it
-    lacks take their value of the version that wrote it (STORED_DEFAULTS), and old loss keys
-    (``migrate_loss``) are logged at debug level, since the user did not write them.
+    lacks take their value of the version that wrote it (STORED_DEFAULTS), and old loss and
+    attention keys (``migrate_loss``, ``migrate_model``) are logged at debug level, since the
+    user did not write them.
     """
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in (raw or {}).items()}
     if stored:
@@ -431,6 +465,8 @@ def config_from_dict(raw: dict, overrides: list[str] | None = None, stored: bool
     raw = apply_overrides(raw, list(overrides or []))
     if isinstance(raw.get("loss"), dict):
         raw["loss"] = migrate_loss(raw["loss"], quiet=stored)
+    if isinstance(raw.get("model"), dict):
+        raw["model"] = migrate_model(raw["model"], quiet=stored)
     return validate(_build(Config, raw, ""))
 
 

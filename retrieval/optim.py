@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -10,6 +11,10 @@ from .registry import Registry
 
 if TYPE_CHECKING:
     from .config import OptimConfig
+
+# Parameters of attention modules: CBAM and SE in blocks (``layerN.i.cbam.*``), BAM at the
+# bottlenecks (``backbone.bamN.*``); the same pattern as models.attention.is_attention_parameter.
+_ATTENTION = re.compile(r"(^|\.)(cbam|bam\d)\.")
 
 # optim.name → torch optimizer built from (parameter groups, config).
 OPTIMIZERS = Registry("optim.name", {
@@ -38,8 +43,8 @@ SCHEDULES: Registry = Registry("optim.scheduler", {
 
 def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, loss: torch.nn.Module,
                     proxy_lr_mult: float) -> torch.optim.Optimizer:
-    """Model parameters at ``cfg.lr``; loss parameters (proxies) at ``cfg.lr * proxy_lr_mult``; CBAM's at
-    ``cfg.lr * cfg.attention_lr_mult`` (a group of their own only when the multiplier is not 1).
+    """Model parameters at ``cfg.lr``; loss parameters (proxies) at ``cfg.lr * proxy_lr_mult``; attention
+    modules' (CBAM, SE, BAM) at ``cfg.lr * cfg.attention_lr_mult`` (their own group only when it is not 1).
 
     Proxy-Anchor (Kim et al. 2020, §4.1) trains proxies 100× faster than the network: they start
     random while the backbone starts pretrained. CBAM's spatial gate starts flat (its BN scale is
@@ -47,7 +52,7 @@ def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, loss: torch.nn.Mod
     few hundred steps the gates barely move unless their lr is higher (docs/training.md).
     """
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    attention = [p for n, p in trainable if ".cbam." in n] if cfg.attention_lr_mult != 1 else []
+    attention = [p for n, p in trainable if _ATTENTION.search(n)] if cfg.attention_lr_mult != 1 else []
     chosen = {id(p) for p in attention}
     groups = [{"params": [p for _, p in trainable if id(p) not in chosen], "lr": cfg.lr, "name": "model"}]
     if attention:

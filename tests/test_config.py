@@ -23,7 +23,7 @@ def test_yaml_and_overrides_are_typed(tmp_path):
     cfg = load_config(path, ["optim.lr=3e-4", "model.cbam=false", "eval.recall_k=1,10", "data.root=/x/y",
                              "train.epochs=3", "model.gem_p=4"])
     assert cfg.optim.lr == pytest.approx(3e-4) and isinstance(cfg.optim.lr, float)
-    assert cfg.model.cbam is False and cfg.model.descriptors == "MG"
+    assert cfg.model.attention == "none" and cfg.model.descriptors == "MG"
     assert cfg.eval.recall_k == [1, 10] and cfg.data.root == "/x/y" and cfg.train.epochs == 3
     assert cfg.model.gem_p == 4.0 and isinstance(cfg.model.gem_p, float)
 

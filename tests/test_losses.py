@@ -76,7 +76,7 @@ def test_cbam_parameters_get_their_own_lr_group_only_when_asked():
     from retrieval.config import ModelConfig
     from retrieval.models import build_model
 
-    model = build_model(ModelConfig(backbone="resnet18", pretrained="none", cbam=True, embedding_dim=16),
+    model = build_model(ModelConfig(backbone="resnet18", pretrained="none", attention="cbam", embedding_dim=16),
                         num_classes=4, load_weights=False)
     loss = RetrievalLoss(LossConfig(name="triplet"), 4, 16)
     names = {id(p): n for n, p in model.named_parameters()}

@@ -125,7 +125,8 @@ def _rows(metrics: dict, ks: list[int], published, comparison: dict | None = Non
 
 def _describe_model(cfg) -> str:
     m = cfg.model
-    return (f"{m.backbone}{' + CBAM' if m.cbam else ''}, CGD {m.descriptors}, {m.embedding_dim}-d, "
+    attention = "" if m.attention == "none" else f" + {m.attention.upper()}"
+    return (f"{m.backbone}{attention}, CGD {m.descriptors}, {m.embedding_dim}-d, "
             f"pretrained={m.pretrained}")
 
 

@@ -6,15 +6,17 @@
 4. index the unseen test classes (build_index.py) and run a few top-K queries (query.py --grid),
 5. print Recall@K / MAP@R of the untrained and the trained network side by side, the spread of
    the test embeddings (norm of their mean, Recall@1 through a PQ16 index, mean cosines of
-   same- and different-class pairs), and draw the Recall@K curve, the CBAM attention /
-   Grad-CAM picture, the score distributions and why the first query matches its top result
-   (``explain.png``, retrieval/explain.py).
+   same- and different-class pairs), the localisation score (pointing game, energy inside the
+   object mask) of the trained network beside the untrained one and a centre prior, and draw
+   the Recall@K curve, the Grad-CAM / attention-gate picture, the score distributions and why
+   the first query matches its top result (``explain.png``, retrieval/explain.py).
 
 Everything goes under ``--out`` (default ``runs/demo``).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shutil
@@ -33,6 +35,7 @@ from . import train as train_cli
 from .common import add_logging_args, command
 
 log = logging.getLogger("retrieval.demo")
+LOCALISATION_IMAGES = 240  # test images the localisation score uses (a few seconds on 2 CPU cores)
 MARKER = "demo.json"  # written last; a folder holding it is a finished demo the next one may replace
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
@@ -46,8 +49,8 @@ def _prepare(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _untrained_metrics(cfg) -> dict[str, float]:
-    """The same network with random weights: the floor the training has to beat."""
+def _untrained_metrics(cfg) -> tuple[dict[str, float], torch.nn.Module]:
+    """(metrics, model) of the same network with random weights: the floor the training has to beat."""
     from ..data import build_splits
     from ..evaluate import evaluate_splits
     from ..models import build_model
@@ -57,7 +60,26 @@ def _untrained_metrics(cfg) -> dict[str, float]:
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model, num_classes=splits["train"].num_classes)
     test = {k: v for k, v in splits.items() if k != "val"}  # the table compares test metrics
-    return evaluate_splits(model.eval(), test, cfg, torch.device("cpu"), progress=False)
+    return evaluate_splits(model.eval(), test, cfg, torch.device("cpu"), progress=False), model
+
+
+def _localisation(cfg, checkpoint: Path, untrained: torch.nn.Module) -> tuple[dict, str]:
+    """Pointing game / energy inside the object masks of the trained and the untrained network, + centre prior."""
+    from ..checkpoint import load_model
+    from ..data import build_splits
+    from ..localisation_eval import CENTRE_PRIOR, format_table, score_localisation
+
+    dataset = build_splits(dataclasses.replace(cfg.data, cache=False))["test"]  # 240 images: no cache needed
+    model, model_cfg, _ = load_model(checkpoint)
+    size = model_cfg.data.image_size
+    scores = {name: score_localisation(net, dataset, size, cfg.eval.batch_size, LOCALISATION_IMAGES)
+              for name, net in (("untrained", untrained), ("trained", model))}
+    scores["untrained"].pop(CENTRE_PRIOR)  # the same numbers twice: keep one row
+    count = scores["trained"][CENTRE_PRIOR]["images"]
+    text = (f"localisation on {count} test images (object masks of the generated data; pointing game: the "
+            f"map's maximum on the object, energy: share of the map inside it):\n"
+            + format_table(scores))
+    return scores, text
 
 
 def _query_images(index_dir: Path, count: int) -> list[str]:
@@ -171,7 +193,7 @@ def main(args: argparse.Namespace) -> int:
     stamps = {}
 
     print("== 1/5 data + untrained network ==")
-    untrained = _untrained_metrics(cfg)
+    untrained, untrained_model = _untrained_metrics(cfg)
     stamps["data_untrained_s"] = time.perf_counter() - start
 
     print("== 2/5 training ==")
@@ -193,6 +215,9 @@ def main(args: argparse.Namespace) -> int:
     print("== 5/5 results ==")
     pictures = _pictures(out, cfg, checkpoint, queries, index_dir)
     space, space_text = _embedding_space(index_dir, out)
+    began = time.perf_counter()
+    localisation, localisation_text = _localisation(cfg, checkpoint, untrained_model)
+    stamps["localisation_s"] = time.perf_counter() - began
     if (out / "scores.png").is_file():
         pictures.append(out / "scores.png")
     total = time.perf_counter() - start
@@ -200,10 +225,12 @@ def main(args: argparse.Namespace) -> int:
     print(f"Recall@K on {cfg.data.synthetic_classes // 2} unseen test classes (leave-one-out), "
           f"untrained vs trained ({chosen}):\n{table}")
     print(space_text)
+    print(localisation_text)
     print(f"pictures: {', '.join(str(p) for p in [out / 'grid.png', *pictures])}")
-    print(f"demo took {total:.0f} s (training {stamps['train_s']:.0f} s); everything is under {out}/")
+    print(f"demo took {total:.0f} s (training {stamps['train_s']:.0f} s, localisation "
+          f"{stamps['localisation_s']:.0f} s); everything is under {out}/")
     result = {"untrained": untrained, "trained": trained, "checkpoint": str(checkpoint), "selection": chosen,
-              "embedding_space": space,
+              "embedding_space": space, "localisation": localisation,
               "seconds": {**stamps, "total_s": total},
               "config": args.config, "overrides": overrides}
     atomic_write_text(out / "results.md", table + "\n")

@@ -1,9 +1,11 @@
-"""A CSV listing images: columns ``path,label[,split][,x1,y1,x2,y2]``, paths relative to the CSV.
+"""A CSV listing images: columns ``path,label[,split][,x1,y1,x2,y2][,mask]``, paths relative to the CSV.
 
 The file is read by ``tables.read_image_csv``, the reader galleries and queries use too.
 ``label`` may be integers (kept as the class ids) or any text (classes numbered 0.. in sorted
 order, the text kept in ``class_name``). ``split``, when present, must be set on every row to
-train, test, query or gallery.
+train, test, query or gallery. ``mask``, when present, names a binary object-mask image
+(non-zero = object) per row, relative to the CSV like ``path`` (the synthetic data writes one);
+it is kept as an absolute path in the records' ``mask`` column ("" where a row has none).
 """
 from __future__ import annotations
 
@@ -57,4 +59,7 @@ def read_csv(path: Path) -> pd.DataFrame:
     labels, names = _labels(table["label"], path)
     official = _split(table["split"], path) if "split" in table.columns else None
     extra = {"class_name": names} if names is not None else {}
+    if "mask" in table.columns:
+        base = Path(path).expanduser().resolve().parent
+        extra["mask"] = [str((base / m).resolve()) if m else "" for m in table["mask"]]
     return make_records(table["path"].tolist(), labels, official, _boxes(table, path), **extra)

@@ -7,10 +7,14 @@ object uses the same palette, so a colour histogram alone cannot tell classes ap
 An instance varies the pose (rotation), scale, position, background, clutter, occluders,
 lighting and noise.
 
-Written in the CSV format (``labels.csv``: path,label,split; JPEG files under ``images/``)
+Written in the CSV format (``labels.csv``: path,label,split,mask; JPEG files under ``images/``)
 with ``manifest.json`` holding the parameters, so the demo reads it through the same loader
-as users' data. The first half of the classes is train, the second half test. Every image
-depends only on (seed, class, instance): generation is deterministic and parallel.
+as users' data. ``mask`` names a PNG under ``masks/`` (same relative name): the binary mask
+(0 / 255) of the class-defining object as it is visible, without the clutter behind it and
+with the pixels an occluder in front hides removed; the localisation score
+(``retrieval.localisation``) measures attention maps against it. The first half of the
+classes is train, the second half test. Every image (and mask) depends only on (seed, class,
+instance): generation is deterministic and parallel.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ from ..files import atomic_dir
 log = logging.getLogger(__name__)
 
 FORMAT = "retrieval-synthetic"
-VERSION = 1
+VERSION = 2  # 2: object masks (masks/, the CSV's mask column); version 1 folders are read without them
 
 # Saturated, well separated colours (RGB); clutter and objects share them.
 PALETTE = np.array([
@@ -130,8 +134,12 @@ def _texture(texture: str, h: int, w: int, x0: int, y0: int, cx: float, cy: floa
 
 
 def _paint(canvas: np.ndarray, shape: str, cx: float, cy: float, r: float, angle: float, stretch: float,
-           colour: np.ndarray, texture: str = "solid", period: float = 1.0) -> None:
-    """Draw one textured shape into ``canvas`` (H, W, 3) float32, only inside its bounding box."""
+           colour: np.ndarray, texture: str = "solid", period: float = 1.0, cover: np.ndarray | None = None,
+           covered: bool = True) -> None:
+    """Draw one textured shape into ``canvas`` (H, W, 3) float32, only inside its bounding box.
+
+    cover: a boolean (H, W) mask set to ``covered`` wherever the shape is drawn (object mask).
+    """
     outlines = _polygon(shape, cx, cy, r, angle, stretch)
     xs = [p[0] for p in outlines[0]]
     ys = [p[1] for p in outlines[0]]
@@ -149,18 +157,32 @@ def _paint(canvas: np.ndarray, shape: str, cx: float, cy: float, r: float, angle
     region = canvas[y0:y1, x0:x1]
     region[mask & pattern] = colour
     region[mask & ~pattern] = colour * 0.45  # the texture's second tone: a dark shade of the same colour
+    if cover is not None:
+        cover[y0:y1, x0:x1][mask] = covered
 
 
-def _clutter(canvas: np.ndarray, rng: np.random.Generator, count: int, lo: float, hi: float) -> None:
+def _clutter(canvas: np.ndarray, rng: np.random.Generator, count: int, lo: float, hi: float,
+             cover: np.ndarray | None = None) -> None:
+    """``count`` random shapes; with ``cover`` they are occluders and clear the object mask where drawn."""
     size = canvas.shape[0]
     for _ in range(count):
         _paint(canvas, SHAPES[rng.integers(len(SHAPES))], rng.uniform(0, size), rng.uniform(0, size),
                rng.uniform(lo, hi) * size, rng.uniform(0, 2 * math.pi), rng.uniform(0.5, 1.0),
-               PALETTE[rng.integers(len(PALETTE))] * rng.uniform(0.7, 1.0))
+               PALETTE[rng.integers(len(PALETTE))] * rng.uniform(0.7, 1.0), cover=cover, covered=False)
 
 
 def render(seed: int, label: int, instance: int, size: int = 80) -> np.ndarray:
     """One image of class ``label``: (size, size, 3) uint8, a pure function of its arguments."""
+    return render_with_mask(seed, label, instance, size)[0]
+
+
+def render_with_mask(seed: int, label: int, instance: int, size: int = 80,
+                     draw_object: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(image (size, size, 3) uint8, visible-object mask (size, size) bool) of one instance.
+
+    draw_object=False draws the same image without the object (every random draw is the same),
+    the background-only drawing the object mask can be checked against.
+    """
     rng = np.random.default_rng([seed, 3, label, instance])
     big = 2 * size  # draw at twice the size, then downsample: anti-aliased edges for free
     # Background: a gradient between two muted colours.
@@ -169,6 +191,7 @@ def render(seed: int, label: int, instance: int, size: int = 80) -> np.ndarray:
     ys, xs = np.mgrid[0:big, 0:big].astype(np.float32) / big
     t = np.clip((xs - 0.5) * math.cos(phi) + (ys - 0.5) * math.sin(phi) + 0.5, 0, 1)[..., None]
     canvas = (c0 + (c1 - c0) * t).astype(np.float32)
+    cover = np.zeros((big, big), dtype=bool)
     _clutter(canvas, rng, int(rng.integers(3, 9)), 0.05, 0.14)
     # The object: pose, scale and position of the whole layout.
     theta = rng.uniform(-math.pi / 4, math.pi / 4)
@@ -179,28 +202,35 @@ def render(seed: int, label: int, instance: int, size: int = 80) -> np.ndarray:
         px = ox + (part.dx * cos - part.dy * sin) * scale
         py = oy + (part.dx * sin + part.dy * cos) * scale
         colour = np.clip(PALETTE[part.colour] + rng.normal(0, 12, size=3), 0, 255)
-        _paint(canvas, SHAPES[part.shape], px, py, part.size * scale, part.angle + theta, part.stretch,
-               colour, TEXTURES[part.texture], part.period * scale)
-    _clutter(canvas, rng, int(rng.integers(0, 3)), 0.04, 0.08)  # small occluders in front
+        if draw_object:
+            _paint(canvas, SHAPES[part.shape], px, py, part.size * scale, part.angle + theta, part.stretch,
+                   colour, TEXTURES[part.texture], part.period * scale, cover=cover)
+    _clutter(canvas, rng, int(rng.integers(0, 3)), 0.04, 0.08, cover=cover)  # small occluders in front
     # Lighting: gain, colour cast, and a shading ramp.
     psi = rng.uniform(0, 2 * math.pi)
     ramp = 1 + rng.uniform(0, 0.3) * ((xs - 0.5) * math.cos(psi) + (ys - 0.5) * math.sin(psi))
     canvas = canvas * rng.uniform(0.7, 1.2) * ramp[..., None] + rng.uniform(-20, 20, size=3)
     small = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8)).resize((size, size), Image.BOX)
     noisy = np.asarray(small, dtype=np.float32) + rng.normal(0, rng.uniform(2, 8), size=(size, size, 3))
-    return np.clip(noisy, 0, 255).astype(np.uint8)
+    # The mask at the image's size: a pixel is object when at least half its 2×2 drawing pixels are.
+    visible = np.asarray(Image.fromarray(cover.astype(np.uint8) * 255).resize((size, size), Image.BOX)) >= 128
+    return np.clip(noisy, 0, 255).astype(np.uint8), visible
 
 
-def _render_class(args: tuple[int, int, int, int, str]) -> list[str]:
-    """Worker: write the JPEGs of one class; return their paths relative to the root."""
+def _render_class(args: tuple[int, int, int, int, str]) -> list[tuple[str, str]]:
+    """Worker: write the JPEGs and mask PNGs of one class; return their paths relative to the root."""
     seed, label, per_class, size, folder = args
     rel = []
     for i in range(per_class):
-        name = f"images/{label:03d}/{i:03d}.jpg"
+        name, mask_name = f"images/{label:03d}/{i:03d}.jpg", f"masks/{label:03d}/{i:03d}.png"
+        image, mask = render_with_mask(seed, label, i, size)
         buf = io.BytesIO()
-        Image.fromarray(render(seed, label, i, size)).save(buf, format="JPEG", quality=92)
+        Image.fromarray(image).save(buf, format="JPEG", quality=92)
         Path(folder, name).write_bytes(buf.getvalue())
-        rel.append(name)
+        buf = io.BytesIO()
+        Image.fromarray(mask.astype(np.uint8) * 255).save(buf, format="PNG")
+        Path(folder, mask_name).write_bytes(buf.getvalue())
+        rel.append((name, mask_name))
     return rel
 
 
@@ -221,6 +251,10 @@ def _existing(root: Path, wanted: dict) -> bool:
         except json.JSONDecodeError:
             found = None
         if found == wanted:
+            return True
+        if isinstance(found, dict) and found.get("version") == 1 and {**found, "version": VERSION} == wanted:
+            log.warning("%s was generated by an earlier version, without object masks (the localisation score "
+                        "needs them); delete the folder to generate it again with masks", root)
             return True
         raise DataError(f"{root} already holds a synthetic data set with other parameters ({found}); "
                         f"wanted {wanted}. Choose another data.root or delete {root}")
@@ -265,6 +299,7 @@ def _write(folder: Path, manifest: dict, workers: int | None) -> None:
     num_classes, per_class = manifest["num_classes"], manifest["per_class"]
     for label in range(num_classes):
         (folder / "images" / f"{label:03d}").mkdir(parents=True)
+        (folder / "masks" / f"{label:03d}").mkdir(parents=True)
     jobs = [(manifest["seed"], label, per_class, manifest["size"], str(folder)) for label in range(num_classes)]
     if workers is None:  # a pool pays off from a few hundred images on
         workers = min(4, os.cpu_count() or 1) if num_classes * per_class >= 256 else 1
@@ -273,9 +308,9 @@ def _write(folder: Path, manifest: dict, workers: int | None) -> None:
             paths = pool.map(_render_class, jobs, chunksize=4)
     else:
         paths = [_render_class(job) for job in jobs]
-    lines = ["path,label,split"]
+    lines = ["path,label,split,mask"]
     for label, rel in enumerate(paths):
         split = "train" if label < num_classes // 2 else "test"
-        lines += [f"{p},{label},{split}" for p in rel]
+        lines += [f"{p},{label},{split},{m}" for p, m in rel]
     (folder / "labels.csv").write_text("\n".join(lines) + "\n")
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")

@@ -1,9 +1,11 @@
-"""ResNet-18/34/50/101 from torchvision, with an attention module (CBAM) in every residual block.
+"""ResNet-18/34/50/101 from torchvision, with attention in every residual block or at the bottlenecks.
 
 torchvision's ``ResNet`` builds the network; the two block classes below extend its
 ``BasicBlock`` and ``Bottleneck`` with a ``cbam`` module applied to the residual branch
-before the identity add, as the official CBAM code does (CBAM Fig. 3). Parameter names are
-torchvision's plus ``layerN.i.cbam.*``, so torchvision state dicts load unchanged.
+before the identity add, as the official CBAM code does (CBAM Fig. 3); CBAM and SE go
+there. BAM goes between stages instead (``bam1``–``bam3`` after layer1–layer3, the official
+BAM code's names). Parameter names are torchvision's plus ``layerN.i.cbam.*`` or ``bamN.*``,
+so torchvision state dicts load unchanged.
 """
 from __future__ import annotations
 
@@ -99,9 +101,13 @@ class ResNetBackbone(nn.Module):
 
     C = 512 (resnet18/34) or 2048 (resnet50/101); s = ``output_stride`` (32, or 16 with
     last_stride=1). Module names are torchvision's (conv1, bn1, layer1 ... layer4), without fc.
+    attention: ``channels → module`` put in every block (CBAM, SE); bottleneck: ``channels →
+    module`` put after stages 1–3 as ``bam1``–``bam3`` (BAM §3: at the bottlenecks, not after
+    the last stage, whose output is the descriptor itself); identities when None.
     """
 
-    def __init__(self, arch: str, attention: Callable[[int], nn.Module] | None = None, last_stride: int = 2) -> None:
+    def __init__(self, arch: str, attention: Callable[[int], nn.Module] | None = None, last_stride: int = 2,
+                 bottleneck: Callable[[int], nn.Module] | None = None) -> None:
         super().__init__()
         resnet = build_resnet(arch, attention, last_stride)
         self.arch = arch
@@ -110,6 +116,10 @@ class ResNetBackbone(nn.Module):
         self.out_channels: int = resnet.fc.in_features
         self.output_stride: int = 16 * last_stride
         self.has_attention: bool = attention is not None
+        self.has_bottleneck_attention: bool = bottleneck is not None
+        channels = [block_channels(stage[-1]) for stage in self.stages[:3]]
+        make = bottleneck or (lambda _c: nn.Identity())
+        self.bam1, self.bam2, self.bam3 = (make(c) for c in channels)
 
     @property
     def stages(self) -> list[nn.Sequential]:
@@ -117,4 +127,5 @@ class ResNetBackbone(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self.bam3(self.layer3(self.bam2(self.layer2(self.bam1(self.layer1(x))))))
+        return self.layer4(x)

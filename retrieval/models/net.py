@@ -1,15 +1,14 @@
-"""The retrieval network (CBAM-ResNet backbone + CGD head) and ``build_model`` from a ModelConfig."""
+"""The retrieval network (ResNet backbone with CBAM / SE / BAM + CGD head) and ``build_model`` from a ModelConfig."""
 from __future__ import annotations
 
-import functools
 import logging
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
+from .attention import build_attention
 from .backbone import ResNetBackbone
-from .cbam import CBAM
 from .cgd import CGDHead
 from .pretrained import load_pretrained
 
@@ -64,20 +63,41 @@ class RetrievalNet(nn.Module):
         """One pass: embeddings (B, D) and classifier logits already divided by τ (B, num_classes), or None."""
         return self.head.forward_train(self._features(images))
 
-    def attention_maps(self, images: Tensor) -> list[Tensor]:
-        """CBAM spatial attention (B, 1, h, w) in (0, 1) of the last block of each stage (4 maps).
+    def gate_modules(self) -> list[tuple[str, nn.Module]]:
+        """(label, module whose output is a spatial gate) per stage: CBAM's last block, or BAM after stages 1–3.
 
-        The maps are the spatial gate's sigmoid output (before the identity-start factor).
-        Raises ValueError when the model has no spatial gate (model.cbam or model.cbam_spatial false).
+        CBAM's module outputs (B, 1, h, w); BAM's outputs its 3-D attention (B, C, h, w).
+        Empty when the model has no spatial attention (model.attention none or se).
+        """
+        backbone = self.backbone
+        if backbone.has_bottleneck_attention:
+            return [(f"BAM after stage {i + 1}", bam.sigmoid)
+                    for i, bam in enumerate((backbone.bam1, backbone.bam2, backbone.bam3))]
+        gates = [getattr(stage[-1], "cbam", None) for stage in backbone.stages]
+        if not backbone.has_attention or any(getattr(g, "spatial", None) is None for g in gates):
+            return []
+        return [(f"CBAM stage {i + 1}", g.spatial.sigmoid) for i, g in enumerate(gates)]
+
+    def attention_maps(self, images: Tensor) -> list[Tensor]:
+        """Spatial attention (B, 1, h, w) in (0, 1) per attention stage: 4 CBAM maps or 3 BAM maps.
+
+        CBAM: the spatial gate's sigmoid output of each stage's last block (before the
+        identity-start factor). BAM: the channel mean of σ(M_c + M_s) at each bottleneck, the
+        average gate at each location. Both gate a residual term, not the feature map itself.
+        Raises ValueError when the model has no spatial attention (model.attention none or se).
         Runs without gradients; put the model in eval mode first (BN statistics).
         """
-        gates = [stage[-1].cbam.spatial if self.backbone.has_attention else None for stage in self.backbone.stages]
-        if any(g is None for g in gates):
-            raise ValueError("attention_maps: this model has no CBAM spatial gate "
-                             "(built with model.cbam=false or model.cbam_spatial=false)")
+        gates = self.gate_modules()
+        if not gates:
+            raise ValueError("attention_maps: this model has no spatial attention (built with model.attention="
+                             "none or se, formerly model.cbam=false or model.cbam_spatial=false)")
         self.check_images(images)
         maps: list[Tensor] = []
-        hooks = [g.sigmoid.register_forward_hook(lambda _m, _i, out: maps.append(out.detach().float())) for g in gates]
+
+        def keep(_module: nn.Module, _inputs: object, out: Tensor) -> None:
+            maps.append(out.detach().float().mean(dim=1, keepdim=True))
+
+        hooks = [module.register_forward_hook(keep) for _, module in gates]
         try:
             with torch.no_grad():
                 self.backbone(images)
@@ -88,7 +108,7 @@ class RetrievalNet(nn.Module):
 
 
 def resolve_cbam_init(cfg: ModelConfig) -> str:
-    """model.cbam_init with "auto" resolved: identity when weights are pretrained, else the paper's.
+    """model.cbam_init (every attention family's) with "auto" resolved: identity when pretrained, else the paper's.
 
     Depends on the config only (not on whether weights are loaded now), so a checkpoint
     rebuilds the same network it was trained with.
@@ -103,18 +123,15 @@ def build_model(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -
 
     load_weights=False skips ``cfg.pretrained`` (a checkpoint's state dict is loaded next).
     """
-    attention = None
-    if cfg.cbam:
-        attention = functools.partial(
-            CBAM, reduction=cfg.cbam_reduction, kernel_size=cfg.cbam_kernel, arrangement=cfg.cbam_arrangement,
-            pool=cfg.cbam_pool, spatial=cfg.cbam_spatial, init=resolve_cbam_init(cfg))
-    backbone = ResNetBackbone(cfg.backbone, attention, cfg.last_stride)
+    plan = build_attention(cfg, resolve_cbam_init(cfg))
+    backbone = ResNetBackbone(cfg.backbone, plan.block, cfg.last_stride, plan.bottleneck)
     if load_weights:
         load_pretrained(backbone, cfg.pretrained)
     head = CGDHead(backbone.out_channels, cfg.descriptors, cfg.embedding_dim, num_classes,
                    cfg.gem_p, cfg.gem_learnable, cfg.temperature, cfg.embedding_bn)
     model = RetrievalNet(backbone, head)
     log.info("built %s%s + CGD '%s' → %d-d embeddings, %d classes, %.2fM parameters", cfg.backbone,
-             f" + CBAM ({resolve_cbam_init(cfg)} init)" if cfg.cbam else "", head.descriptors,
+             f" + {cfg.attention.upper()} ({resolve_cbam_init(cfg)} init)" if cfg.attention != "none" else "",
+             head.descriptors,
              model.embedding_dim, num_classes, sum(p.numel() for p in model.parameters()) / 1e6)
     return model

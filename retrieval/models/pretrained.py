@@ -16,6 +16,7 @@ import torch
 from torchvision.models import get_weight
 
 from ..errors import CheckpointError
+from .attention import is_attention_parameter
 from .backbone import ResNetBackbone
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,12 @@ def load_backbone_weights(backbone: ResNetBackbone, state: dict[str, torch.Tenso
                               + "; ".join(bad_shapes[:3]))
     result = backbone.load_state_dict(state, strict=False)
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
-    not_cbam = [k for k in missing if ".cbam." not in k]
-    if not_cbam:
-        raise CheckpointError(f"{source}: {len(not_cbam)} {backbone.arch} keys missing from the file, e.g. "
-                              f"{', '.join(not_cbam[:5])} (expected a torchvision-format state dict)")
+    not_attention = [k for k in missing if not is_attention_parameter(k)]
+    if not_attention:
+        raise CheckpointError(f"{source}: {len(not_attention)} {backbone.arch} keys missing from the file, e.g. "
+                              f"{', '.join(not_attention[:5])} (expected a torchvision-format state dict)")
     extra = [k for k in unexpected if not k.startswith("fc.")]
-    log.info("loaded %s into %s: %d keys; %d missing (new CBAM parameters); %d unused (%s)",
+    log.info("loaded %s into %s: %d keys; %d missing (new attention parameters); %d unused (%s)",
              source, backbone.arch, len(state) - len(unexpected), len(missing), len(unexpected),
              "classifier fc" if not extra else "incl. non-fc")
     if extra:

@@ -1,4 +1,4 @@
-"""Pictures: retrieval grids (query beside its top-K results), CBAM attention / Grad-CAM, pair explanations,
+"""Pictures: retrieval grids (query beside its top-K results), Grad-CAM / attention gates, pair explanations,
 Recall@K curves.
 
 The grid needs only Pillow; attention figures and curves need matplotlib (the ``viz`` extra),

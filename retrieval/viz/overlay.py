@@ -37,7 +37,8 @@ def where_it_looks(model: torch.nn.Module, image: torch.Tensor) -> tuple[np.ndar
             maps = model.attention_maps(image[None].float())
         finally:
             model.train(was)
-        return maps[-1][0, 0].cpu().numpy(), "CBAM spatial attention, last stage (absolute 0–1)"
+        return maps[-1][0, 0].cpu().numpy(), ("CBAM spatial gate of the last stage, absolute 0–1 "
+                                              "(a gate on the residual branch, not where the network looks)")
     return grad_cam(model, image[None])[0].numpy(), "Grad-CAM of the embedding (scaled to its maximum)"
 
 

@@ -19,6 +19,9 @@ def test_demo_runs_every_step(tmp_path, capsys):
     assert set(result["untrained"]) == set(result["trained"])
     space = result["embedding_space"]
     assert 0 <= space["mean_norm"] <= 1 and 0 <= space["exact_recall@1"] <= 1 and "norm of the mean" in printed
+    loc = result["localisation"]  # trained and untrained network on the object masks, + the centre prior
+    assert set(loc) == {"untrained", "trained"} and "trained: pointing game" in printed and "centre prior" in printed
+    assert all(0 <= s["pointing_game"] <= 1 for run in loc.values() for s in run.values())
     for name in ("train/best.pt", "train/last.pt", "train/metrics.csv", "index/index.faiss", "index/manifest.json", "grid.png",
                  "results.md", "scores.png", "explain.png"):
         assert (out / name).is_file(), name

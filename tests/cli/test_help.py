@@ -67,7 +67,7 @@ def test_each_viz_picture_has_its_own_help(capsys):
     from retrieval.cli import viz
 
     sub = next(a for a in viz.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(sub.choices) == {"attention", "explain", "curve", "scores"}
+    assert set(sub.choices) == {"attention", "explain", "curve", "scores", "localisation"}
     for picture, parser in sub.choices.items():
         with pytest.raises(SystemExit) as exit_:
             viz.main([picture, "--help"])

@@ -52,14 +52,14 @@ def test_no_classifier_with_zero_classes():
 
 
 def test_config_switches_reach_the_modules():
-    assert not any(isinstance(m, CBAM) for m in build_model(_cfg(cbam=False), 0).modules())
+    assert not any(isinstance(m, CBAM) for m in build_model(_cfg(attention="none"), 0).modules())
     model = build_model(_cfg(cbam_reduction=8, cbam_kernel=3, cbam_arrangement="parallel", cbam_pool="max",
-                             cbam_spatial=True, gem_learnable=True, last_stride=2), 0)
+                             attention="cbam", gem_learnable=True, last_stride=2), 0)
     cbam = model.backbone.layer2[0].cbam
     assert cbam.arrangement == "parallel" and cbam.channel.pools == ("max",)
     assert cbam.channel.mlp[0].out_features == 128 // 8 and cbam.spatial.conv.kernel_size == (3, 3)
     assert model.backbone.output_stride == 32 and model.head.pools[1].p.requires_grad
-    assert build_model(_cfg(cbam_spatial=False), 0).backbone.layer1[0].cbam.spatial is None
+    assert build_model(_cfg(attention="se"), 0).backbone.layer1[0].cbam.spatial is None
 
 
 @pytest.mark.parametrize("pretrained,init,expected", [
@@ -142,7 +142,7 @@ def test_attention_maps_one_per_stage_in_unit_interval():
     assert all(((m > 0) & (m < 1)).all() and m.std() > 0 for m in maps)
 
 
-@pytest.mark.parametrize("kw", [dict(cbam=False), dict(cbam_spatial=False)])
+@pytest.mark.parametrize("kw", [dict(attention="none"), dict(attention="se")])
 def test_attention_maps_without_spatial_gate_is_a_clear_error(kw):
-    with pytest.raises(ValueError, match="no CBAM spatial gate"):
+    with pytest.raises(ValueError, match="no spatial attention"):
         build_model(_cfg(**kw), 0).attention_maps(torch.randn(1, 3, 32, 32))

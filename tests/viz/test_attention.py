@@ -1,4 +1,4 @@
-"""CBAM attention / Grad-CAM figure: map shapes and values, the written PNG, refusals."""
+"""Grad-CAM / attention-gate figure: map shapes and values, the written PNG, labels, models without gates."""
 import sys
 
 import numpy as np
@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from retrieval.config import Config
-from retrieval.errors import ConfigError
 from retrieval.models import build_model
 from retrieval.viz import attention, attention_figure, grad_cam
 
@@ -25,7 +24,7 @@ def tiny_config(**model) -> Config:
 def tiny_model(cfg: Config) -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_model(cfg.model, num_classes=0, load_weights=False)
-    if cfg.model.cbam and cfg.model.cbam_spatial:
+    if cfg.model.attention == "cbam":
         # At initialisation every spatial gate is exactly 0.5 (its BN weight starts at 0, as the
         # official code); give the BNs weight 1 so the maps have structure to draw.
         for stage in model.backbone.stages:
@@ -98,20 +97,33 @@ def test_figure_written(images, tmp_path):
     assert out == tmp_path / "pics" / "attention.png"
     with Image.open(out) as picture:
         width, height = picture.size
-        # 6 panels per row (input, 4 stages, Grad-CAM), 2 rows
+        # 6 panels per row (input, Grad-CAM, 4 stages), 2 rows
         assert 900 <= width <= 1600 and 350 <= height <= 700
         pixels = np.asarray(picture.convert("RGB"))
     assert pixels.std() > 20  # something was drawn
     assert [p.name for p in out.parent.iterdir()] == ["attention.png"]  # no temp file left
 
 
-def test_refuses_models_without_spatial_attention(images, tmp_path):
-    cases = (({"cbam": False}, "model.cbam=false"), ({"cbam_spatial": False}, "model.cbam_spatial=false"))
-    for model_cfg, key in cases:
-        cfg = tiny_config(**model_cfg)
-        with pytest.raises(ConfigError, match=key):
-            attention_figure(tiny_model(cfg), images, cfg, tmp_path / "a.png")
-    assert not (tmp_path / "a.png").exists()
+@pytest.mark.parametrize("kind", ["none", "se"])
+def test_models_without_spatial_attention_get_grad_cam_only(images, tmp_path, monkeypatch, kind):
+    figures = []
+    monkeypatch.setattr(attention, "save_figure", lambda fig, path: figures.append(fig) or path)
+    cfg = tiny_config(attention=kind)
+    attention_figure(tiny_model(cfg), images, cfg, tmp_path / "a.png", display=64)
+    titles = [ax.get_title() for ax in figures[0].axes]
+    assert len(titles) == 4 and titles[1].startswith(attention.GRAD_CAM_LABEL)
+    assert attention.GATE_LABEL not in figures[0]._suptitle.get_text()
+
+
+def test_bam_gates_are_drawn_and_labelled_as_gates(images, tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(attention, "save_figure", lambda fig, path: figures.append(fig) or path)
+    cfg = tiny_config(attention="bam")
+    attention_figure(tiny_model(cfg), images, cfg, tmp_path / "a.png", display=64)
+    titles = [ax.get_title() for ax in figures[0].axes[:5]]
+    assert titles[1].startswith(attention.GRAD_CAM_LABEL)
+    assert [t.split(" (")[0] for t in titles[2:]] == [f"BAM after stage {i}" for i in (1, 2, 3)]
+    assert attention.GATE_LABEL in figures[0]._suptitle.get_text()
 
 
 def test_missing_matplotlib_names_the_package(images, tmp_path, monkeypatch):
@@ -129,6 +141,8 @@ def test_panels_and_titles(images, tmp_path, monkeypatch):
     axes = figures[0].axes
     assert len(axes) == 12
     titles = [ax.get_title() for ax in axes[:6]]
-    assert titles[0] == "input" and titles[1].startswith("CBAM stage 1 (16×16)")
-    assert titles[4].startswith("CBAM stage 4 (4×4)") and titles[5].startswith("Grad-CAM of embedding (4×4)")
-    assert len(axes[1].get_images()) == 2  # image + overlay
+    # Grad-CAM first, named for what it shows; the gates named as gates (DESIGN.md "Attention and explanations")
+    assert titles[0] == "input" and titles[1].startswith("where the embedding looks (Grad-CAM)\n4×4")
+    assert titles[2].startswith("CBAM stage 1 (16×16)") and titles[5].startswith("CBAM stage 4 (4×4)")
+    assert "gate on the residual branch (not where the network looks)" in figures[0]._suptitle.get_text()
+    assert len(axes[2].get_images()) == 2  # image + overlay

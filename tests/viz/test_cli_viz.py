@@ -24,11 +24,11 @@ def test_attention_and_curve(images, tmp_path, capsys):  # noqa: F811
 
 
 def test_errors(tmp_path, capsys):
-    cfg = tiny_config(cbam=False)
+    cfg = tiny_config(attention="none")
     ckpt = tmp_path / "plain.pt"
     save_checkpoint(ckpt, {"model": tiny_model(cfg).state_dict(), "config": to_dict(cfg), "num_classes": 0})
     code = main(["attention", "--checkpoint", str(ckpt), "x.png", "--out", str(tmp_path / "a.png"), "-q"])
-    assert code == 2 and "model.cbam=false" in capsys.readouterr().err
+    assert code == 2 and "x.png" in capsys.readouterr().err  # a plain model draws Grad-CAM; the image is missing
     assert main(["curve", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "c.png")]) == 2
     assert "metrics file not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
