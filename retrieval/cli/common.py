@@ -114,13 +114,15 @@ def command(build_parser: Callable[[], argparse.ArgumentParser]):
 
 # Errors of the file system that a user fixes (a path, a permission, a full disk), not bugs.
 USER_OS_ERRORS = (errno.ENOENT, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
-                  errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP)
+                  errno.EFBIG, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP)
 
 
 def _os_message(err: OSError) -> str:
     where = f"{err.filename}: " if err.filename else ""
-    return f"{where}{err.strerror or err}" + (" (free some space or choose another output folder)"
-                                               if err.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+    hint = {errno.ENOSPC: " (free some space or choose another output folder)",
+            errno.EDQUOT: " (free some space or choose another output folder)",
+            errno.EFBIG: " (a file-size limit: ulimit -f, or the file system's)"}.get(err.errno, "")
+    return f"{where}{err.strerror or err}{hint}"
 
 
 def cli_main(fn: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
