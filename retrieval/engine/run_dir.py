@@ -49,6 +49,10 @@ def check_run_dir(path: str | Path, overwrite: bool, resume: bool) -> None:
         raise TrainingError(f"train.out_dir: {path} is a file, not a folder; choose another train.out_dir")
     if resume or not (path.exists() and any(path.iterdir())):
         return
+    if not overwrite and not (path / "last.pt").exists() and (path / "config.yaml").is_file():
+        raise FileExistsError(f"run folder {path} already exists but holds no committed epoch (no last.pt: the run "
+                              "stopped before its first epoch), so it cannot be resumed; pass --overwrite to start "
+                              "it again")
     if not overwrite:
         raise FileExistsError(
             f"run folder {path} already exists; pass --overwrite to replace it or --resume {path} to continue it")
