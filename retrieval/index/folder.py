@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -234,9 +235,48 @@ def check_replaceable(path: str | Path) -> None:
                                "refusing to replace it (choose another --out)")
 
 
+# A reader opens the folder's files one by one while a writer may swap the whole folder (append, overwrite,
+# removal): it can see one version's manifest and the next version's table. Such a mix is read again.
+LOAD_ATTEMPTS = 10
+
+
+def _manifest_bytes(folder: Path) -> bytes | None:
+    try:
+        return (folder / MANIFEST_FILE).read_bytes()
+    except OSError:
+        return None
+
+
+def _being_replaced(folder: Path) -> bool:
+    """True while a writer's swap is under way: the old folder sits in a ``.NAME.<pid>.<random>.old`` beside it."""
+    return any(p.name.startswith(f".{folder.name}.") and p.name.endswith(".old") for p in folder.parent.glob(".*.old"))
+
+
 def load_index(folder: str | Path) -> tuple[faiss.Index, pd.DataFrame, dict]:
-    """(index, metadata, manifest) of an index folder; every inconsistency is an IndexFormatError naming the file."""
+    """(index, metadata, manifest) of an index folder; every inconsistency is an IndexFormatError naming the file.
+
+    The files read are of one version: when a writer replaced the folder during the read (the manifest
+    changed meanwhile, or the folder was briefly absent between the writer's two renames), it is read again.
+    """
     folder = Path(folder)
+    for attempt in range(LOAD_ATTEMPTS):
+        before = _manifest_bytes(folder)
+        try:
+            loaded = _load_once(folder)
+        except (IndexFormatError, OSError):  # OSError: a file vanished between its check and its read
+            after = _manifest_bytes(folder)
+            if attempt + 1 == LOAD_ATTEMPTS or (before is not None and after == before) or (
+                    before is None and after is None and not _being_replaced(folder)):
+                raise
+        else:
+            if _manifest_bytes(folder) == before:
+                return loaded
+        log.debug("%s: replaced by a writer while being read; reading it again", folder)
+        time.sleep(min(0.5, 0.01 * 2 ** attempt))
+    raise IndexFormatError(f"{folder}: replaced by a writer on each of {LOAD_ATTEMPTS} reads; try again")
+
+
+def _load_once(folder: Path) -> tuple[faiss.Index, pd.DataFrame, dict]:
     manifest = read_manifest(folder)
     index = _read_faiss(folder / INDEX_FILE, manifest)
     meta = _read_metadata(metadata_path(folder, manifest))
