@@ -63,7 +63,7 @@ def _likely_cause(folder: Path) -> str:
 
 
 def write_error(path: str | Path, err: BaseException) -> WriteError:
-    """The WriteError naming ``path`` for a failed write (an OSError of FULL_ERRNOS, or FAISS' / torch's RuntimeError)."""
+    """The WriteError naming ``path`` for a failed write (an OSError of FULL_ERRNOS, or torch's RuntimeError)."""
     path = Path(path)
     if isinstance(err, OSError) and err.errno in _CAUSES:
         return WriteError(path, _CAUSES[err.errno] + (_size_limit() if err.errno == errno.EFBIG else ""))

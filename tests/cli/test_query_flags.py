@@ -1,4 +1,4 @@
-"""query / retrieval-benchmark flags with odd values, flags that do not apply, --eval after removals (issues #25, #26)."""
+"""query / retrieval-benchmark: odd flag values, flags that do not apply, --eval after removals (#25, #26)."""
 import json
 import shutil
 

@@ -1,4 +1,4 @@
-"""--resume never undoes a hand edit of config.yaml silently; a run without a committed epoch is not offered --resume."""
+"""--resume never undoes a hand edit of config.yaml silently; a run with no committed epoch is not offered --resume."""
 import hashlib
 
 from retrieval.checkpoint import read_checkpoint
@@ -24,7 +24,8 @@ def test_an_edited_config_yaml_is_named_and_refused_not_overwritten(data_root, t
     before = _md5s(out)
     code = train_cli.main(["--resume", str(out), "-q"])
     _one_error_line(capsys.readouterr().err, "config.yaml was edited", "train.epochs: last.pt has 1, config.yaml 2",
-                    "optim.lr: last.pt has 0.001, config.yaml 0.01", "model.embedding_dim: last.pt has 32, config.yaml 64",
+                    "optim.lr: last.pt has 0.001, config.yaml 0.01",
+                    "model.embedding_dim: last.pt has 32, config.yaml 64",
                     "pass the changes as overrides", "train.epochs=2")
     assert code == 2 and _md5s(out) == before  # the edit is still there, nothing trained
     path.write_text(text.replace("epochs: 1\n", "epochs: 2\n"))
