@@ -37,12 +37,17 @@ def _torchrun(small, out, *flags):
     (["--index-type", "Flat"], None, ["--index-type 'Flat'", "need an IVF index"]),
     (["--index-type", "IVF2,Flat", "--train-size", "0"], None, ["--train-size: expected >= 1, got 0"]),
     (["--index-type", "IVF2,Flat"], "existing", ["already exists; pass --overwrite", "cannot --append"]),
-], ids=["flat", "train-size-0", "existing-out"])
+    (["--index-type", "IVF2,Flat"], "truncated", ["not a readable checkpoint"]),
+], ids=["flat", "train-size-0", "existing-out", "truncated-checkpoint"])
 def test_a_bad_flag_under_torchrun_is_one_line_from_rank_0(small, tmp_path, flags, setup, words):
     out = tmp_path / "idx"
     if setup == "existing":
         out.mkdir()
         (out / "mine.txt").write_text("mine")
+    if setup == "truncated":
+        half = tmp_path / "half.pt"
+        half.write_bytes(small["ckpt"].read_bytes()[:50_000])
+        small = {**small, "ckpt": half}
     proc = _torchrun(small, out, *flags)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, proc.stderr  # rank 0 alone, on a line of its own
@@ -51,4 +56,4 @@ def test_a_bad_flag_under_torchrun_is_one_line_from_rank_0(small, tmp_path, flag
     summary = proc.stderr.split("Root Cause (first observed failure):")[1]
     assert "exitcode  : 2" in summary and words[0] in summary  # the summary names the real error (record)
     assert "File \"" + os.path.join(ROOT, "retrieval") not in proc.stderr  # no rank printed a traceback
-    assert (sorted(p.name for p in out.iterdir()) == ["mine.txt"]) if setup else not out.exists()
+    assert (sorted(p.name for p in out.iterdir()) == ["mine.txt"]) if setup == "existing" else not out.exists()
