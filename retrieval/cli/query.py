@@ -101,12 +101,13 @@ def _apply_search_flags(args: argparse.Namespace, factory: str) -> None:
 
 
 def _label_codes(query_labels: pd.Series, gallery_labels: pd.Series,
-                 removed: np.ndarray = np.empty(0, np.int64)) -> tuple[np.ndarray, np.ndarray]:
+                 removed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Text labels → ints shared by queries and gallery; unlabelled and removed gallery entries match nothing
     (a removed entry must not count among a class's relevant items, R of MAP@R)."""
     names = {name: i for i, name in enumerate(sorted(set(query_labels) | set(gallery_labels) - {""}))}
     gallery = np.array([names.get(v, -2 - i) if v else -2 - i for i, v in enumerate(gallery_labels)], np.int64)
-    gallery[removed] = -2 - removed
+    if removed is not None:
+        gallery[removed] = -2 - removed
     return np.array([names[v] for v in query_labels], np.int64), gallery
 
 
