@@ -15,7 +15,7 @@ import torch
 
 from .config import Config, config_from_dict
 from .errors import CheckpointError, ConfigError
-from .files import atomic_path
+from .files import atomic_path, write_error
 from .runtime import versions
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     state = dict(state)
     state.setdefault("versions", versions())
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as err:  # torch's stream writer reports a full disk as "file write failed"
+            raise write_error(path, err) from None
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

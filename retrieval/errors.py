@@ -31,3 +31,11 @@ class TrainingError(RetrievalError, RuntimeError):
 
 class DistributedError(RetrievalError, RuntimeError):
     """A rank of a torchrun job lost its peers (another rank failed or was killed; its log says why)."""
+
+
+class WriteError(RetrievalError):
+    """An output file that cannot be written (a full disk, a file-size limit); names the file and the cause."""
+
+    def __init__(self, path, cause: str):
+        super().__init__(f"{path}: cannot write it: {cause}")
+        self.path, self.cause = path, cause

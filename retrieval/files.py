@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import re
+import resource
 import shutil
 import tempfile
 import threading
@@ -20,6 +21,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from .errors import WriteError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,45 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# Errors of a write that ran out of room: a full disk, a quota, a file-size limit (RLIMIT_FSIZE, the file system's).
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_CAUSES = {errno.ENOSPC: f"{os.strerror(errno.ENOSPC)} (free some space or choose another output folder)",
+           errno.EDQUOT: f"{os.strerror(errno.EDQUOT)} (free some space or choose another output folder)",
+           errno.EFBIG: f"{os.strerror(errno.EFBIG)} (the file-size limit, ulimit -f, or the file system's)"}
+
+
+def _size_limit() -> str:
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return "" if limit == resource.RLIM_INFINITY else f": this process may write files of at most {limit:,} bytes"
+
+
+def _likely_cause(folder: Path) -> str:
+    """Why a write that reported no errno (torch.save) probably failed: a size limit or a full disk."""
+    if _size_limit():
+        return _CAUSES[errno.EFBIG] + _size_limit()
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage(folder).free < (64 << 20):
+            return _CAUSES[errno.ENOSPC]
+    return "the write failed (a full disk or a file-size limit?)"
+
+
+def write_error(path: str | Path, err: BaseException) -> WriteError:
+    """The WriteError naming ``path`` for a failed write (an OSError of FULL_ERRNOS, or torch's RuntimeError)."""
+    path = Path(path)
+    if isinstance(err, OSError) and err.errno in _CAUSES:
+        return WriteError(path, _CAUSES[err.errno] + (_size_limit() if err.errno == errno.EFBIG else ""))
+    detail = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+    return WriteError(path, f"{_likely_cause(path.parent)} ({detail})")
+
+
+def _in_target(tmp: Path, path: Path, err: OSError | WriteError) -> Path:
+    """The file of the target folder ``path`` that a failed write into its temporary folder ``tmp`` was making."""
+    failed = Path(err.path if isinstance(err, WriteError) else (err.filename or tmp))
+    with contextlib.suppress(ValueError):
+        return path / failed.relative_to(tmp)
+    return path
 
 
 def _prefix(path: Path) -> str:
@@ -57,6 +99,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as err:
+        if err.errno in FULL_ERRNOS:
+            raise write_error(path, err) from err
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -115,6 +161,12 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         replace_dir(tmp, path)
+    except WriteError as err:
+        raise WriteError(_in_target(tmp, path, err), err.cause) from err
+    except OSError as err:
+        if err.errno in FULL_ERRNOS:
+            raise write_error(_in_target(tmp, path, err), err) from err
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -50,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also re-rank the exact lists and report them beside the plain ones: none | aqe | dba | "
                              "dba_aqe | kreciprocal, e.g. kreciprocal:k1=20,k2=6,lambda=0.3 (default: the config's "
                              "rerank section)")
-    parser.add_argument("--nprobe", type=int, default=16, help="with an IVF --index-type: lists visited per query "
-                                                               "(default 16)")
+    parser.add_argument("--nprobe", type=int, help="with an IVF --index-type: lists visited per query, >= 1 "
+                                                   "(default 16)")
     parser.add_argument("--batch-size", type=int, help="images per forward pass (default: the config's "
                                                        "eval.batch_size)")
     parser.add_argument("--workers", type=int, help="data-loader worker processes (default: data.num_workers)")
@@ -189,8 +190,17 @@ def main(args: argparse.Namespace) -> int:
     from ..published import published_recall
     from ..runtime import resolve_device
 
-    if args.nprobe < 1:
+    if args.nprobe is not None and args.nprobe < 1:
         raise ConfigError(f"--nprobe: expected >= 1, got {args.nprobe}")
+    if args.nprobe is not None and not args.index_type:
+        raise ConfigError("--nprobe only applies with an IVF --index-type (e.g. --index-type IVF64,Flat); without "
+                          "--index-type the benchmark searches exactly")
+    if args.nprobe is not None and "IVF" not in args.index_type:
+        print(f"note: --nprobe only applies to IVF indexes; '{args.index_type}' ignores it", file=sys.stderr)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file; expected a folder (created if missing) for "
+                          "recall_<dataset>.json and .md")
     if args.rerank:  # a bad spec fails before the model loads
         from ..rerank import parse_rerank
 
@@ -212,7 +222,8 @@ def main(args: argparse.Namespace) -> int:
     if spec is not None:
         metrics, rerank = evaluate_with_rerank(model, splits, cfg, device, spec, progress=not args.quiet)
     elif args.index_type:
-        metrics, comparison = evaluate_with_index(model, splits, cfg, device, args.index_type, args.nprobe,
+        nprobe = 16 if args.nprobe is None else args.nprobe
+        metrics, comparison = evaluate_with_index(model, splits, cfg, device, args.index_type, nprobe,
                                                   progress=not args.quiet)
     else:
         metrics = evaluate_splits(model, splits, cfg, device, progress=not args.quiet)
@@ -236,7 +247,6 @@ def main(args: argparse.Namespace) -> int:
     result["rows"] = _rows(metrics, cfg.eval.recall_k, published, comparison, rerank)
     text, markdown = format_report(result)
     print(text, end="")
-    out = Path(args.out)
     name = f"recall_{cfg.data.name}"
     atomic_write_text(out / f"{name}.json", json.dumps(result, indent=2, default=str) + "\n")
     atomic_write_text(out / f"{name}.md", markdown)

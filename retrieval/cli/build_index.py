@@ -108,6 +108,32 @@ def _check_distributed_flags(args: argparse.Namespace, world_size: int) -> None:
         raise ConfigError(f"--train-size: expected >= 1, got {args.train_size}")
 
 
+def _check_appendable(out: Path) -> None:
+    """Refuse --append to a merged on-disk index before the (long) embedding pass."""
+    from ..index import read_manifest
+
+    if read_manifest(out).get("ondisk"):
+        raise ConfigError(f"--append: {out} is a merged on-disk index (built under torchrun), which cannot be "
+                          "appended to; rebuild it with the new images (--overwrite)")
+
+
+def _check_before_process_group(args: argparse.Namespace, table) -> None:
+    """Under torchrun: what every rank would refuse alike (the checkpoint, the factory, --train-size) is checked
+    before the process group is set up, so a bad flag fails at once instead of after rendezvous."""
+    from ..checkpoint import checkpoint_config, read_checkpoint
+    from ..index import check_factory, check_shardable
+
+    dim = int(checkpoint_config(read_checkpoint(args.checkpoint), args.checkpoint).model.embedding_dim)
+    check_shardable(args.index_type, dim)
+    if table is not None:
+        check_factory(args.index_type, dim, len(table[0]))
+        if args.train_size is not None and args.train_size < len(table[0]):
+            try:
+                check_factory(args.index_type, dim, args.train_size)
+            except DataError as err:
+                raise ConfigError(f"--train-size {args.train_size}: too small a sample: {err}") from None
+
+
 def _build_distributed(args: argparse.Namespace, embedder, dataset, metadata, source: str, info) -> dict | None:
     """Every rank embeds its slice and writes its shard; rank 0 merges (retrieval.index.distributed)."""
     from torch.utils.data import Subset
@@ -147,13 +173,18 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     appending = args.append and out.exists()
     if out.exists() and not (args.append or args.overwrite):
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it or --append to add to it")
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it" + (
+            " (a build under torchrun writes a new index; it cannot --append)" if world_size > 1
+            else " or --append to add to it"))
     check_replaceable(out)  # --overwrite / --append only ever touch an index folder of this project
+    if appending:
+        _check_appendable(out)
     table = None if args.dataset_config else _source_table(args)  # missing files fail before the model loads
     info = None
     if world_size > 1:
         from ..engine.distributed import init_distributed
 
+        _check_before_process_group(args, table)
         info = init_distributed(args.device, timeout=DIST_TIMEOUT)
     embedder = open_embedder_from(args)
     factory = args.index_type or "Flat"

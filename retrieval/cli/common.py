@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import functools
+import json
 import logging
+import os
 import sys
+import time
 import traceback
+from pathlib import Path
 from typing import Callable
 
 from ..config import Config, load_config, to_yaml
@@ -114,13 +119,44 @@ def command(build_parser: Callable[[], argparse.ArgumentParser]):
 
 # Errors of the file system that a user fixes (a path, a permission, a full disk), not bugs.
 USER_OS_ERRORS = (errno.ENOENT, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
-                  errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP)
+                  errno.EFBIG, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP)
 
 
 def _os_message(err: OSError) -> str:
     where = f"{err.filename}: " if err.filename else ""
-    return f"{where}{err.strerror or err}" + (" (free some space or choose another output folder)"
-                                               if err.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+    hint = {errno.ENOSPC: " (free some space or choose another output folder)",
+            errno.EDQUOT: " (free some space or choose another output folder)",
+            errno.EFBIG: " (a file-size limit: ulimit -f, or the file system's)"}.get(err.errno, "")
+    return f"{where}{err.strerror or err}{hint}"
+
+
+def _torchrun_rank() -> int | None:
+    """This process's rank under torchrun (WORLD_SIZE > 1), else None."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+
+
+def _user_error(message: str, err: BaseException) -> int:
+    """Report a user error: one line (under torchrun from rank 0 only, the others exit quietly with the same
+    status), and for torchrun's summary the error file naming it."""
+    rank = _torchrun_rank()
+    if rank is None or rank == 0:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    if rank is not None:
+        _record_for_torchrun(f"{type(err).__name__}: {message}")
+    return 2
+
+
+def _record_for_torchrun(message: str) -> None:
+    """Write the error file torchrun's failure summary reads (the format of torch.distributed.elastic's
+    ``ErrorHandler.record_exception``), with the one-line message in place of a traceback."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    data = {"message": {"message": message, "extraInfo": {
+        "py_callstack": f"{message} (exit status 2: a user error; the command's own line says what to change)",
+        "timestamp": str(int(time.time()))}}}
+    with contextlib.suppress(OSError):
+        Path(path).write_text(json.dumps(data))
 
 
 def cli_main(fn: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
@@ -128,22 +164,22 @@ def cli_main(fn: Callable[[list[str] | None], int | None]) -> Callable[[list[str
 
     Bad input: the library's RetrievalError, a file that exists or not, and OS errors a user
     fixes (permissions, read-only or full disks). Anything else is a bug: one line saying so
-    and exit 1, or the whole traceback with -v.
+    and exit 1, or the whole traceback with -v. Under torchrun only rank 0 prints a user error,
+    and ``main`` runs inside torch.distributed.elastic's ``record`` so that the failure summary
+    names the error (an error file per failed rank).
     """
     @functools.wraps(fn)
-    def wrapper(argv: list[str] | None = None) -> int:
+    def run(argv: list[str] | None = None) -> int:
         try:
             return int(fn(argv) or 0)
         except (RetrievalError, FileNotFoundError, FileExistsError) as err:
             if _verbose:
                 traceback.print_exc(file=sys.stderr)
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+            return _user_error(str(err), err)
         except OSError as err:
             if err.errno not in USER_OS_ERRORS or _verbose:
                 raise
-            print(f"error: {_os_message(err)}", file=sys.stderr)
-            return 2
+            return _user_error(_os_message(err), err)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
@@ -152,5 +188,15 @@ def cli_main(fn: Callable[[list[str] | None], int | None]) -> Callable[[list[str
                 raise
             print(f"error: internal error ({type(err).__name__}: {err}); run again with -v for the traceback",
                   file=sys.stderr)
+            if _torchrun_rank() is not None:
+                _record_for_torchrun(f"internal error ({type(err).__name__}: {err})")
             return 1
+
+    @functools.wraps(fn)
+    def wrapper(argv: list[str] | None = None) -> int:
+        if _torchrun_rank() is None:
+            return run(argv)
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        return record(run)(argv)
     return wrapper

@@ -12,6 +12,8 @@ import pandas as pd
 from ..errors import ConfigError, DataError, ImageError
 from .common import add_checkpoint_arg, add_embedding_args, add_logging_args, command, new_parser, open_embedder_from
 
+NPROBE = 16  # --nprobe's default on an IVF index
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("query.py", "Find the K most similar gallery images of each query image in an index "
@@ -45,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="re-rank the results: none | aqe | dba | dba_aqe | kreciprocal, e.g. aqe:n=2,alpha=3 "
                              "(docs/reranking.md); with --eval, plain and re-ranked metrics side by side. An "
                              "approximate index needs embeddings.npy (build_index.py --save-embeddings)")
-    parser.add_argument("--nprobe", type=int, default=16, help="IVF indexes: lists visited per query (default 16)")
-    parser.add_argument("--ef-search", type=int, help="HNSW indexes: candidate list size (FAISS default 16)")
+    parser.add_argument("--nprobe", type=int, help=f"IVF indexes: lists visited per query, >= 1 (default {NPROBE})")
+    parser.add_argument("--ef-search", type=int, help="HNSW indexes: candidate list size, >= 1 (FAISS default 16)")
     add_embedding_args(parser)
     add_logging_args(parser)
     return parser
@@ -74,10 +76,45 @@ def _check_decodable(paths: list[str], workers: int) -> None:
         raise ImageError("unreadable query image(s): " + "; ".join(f"{p}: {why}" for p, why in bad[:3]) + more)
 
 
-def _label_codes(query_labels: pd.Series, gallery_labels: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Text labels → ints shared by queries and gallery; unlabelled gallery entries match nothing."""
+def _recall_ks(text: str) -> list[int]:
+    """--recall-k's K values: positive integers separated by commas."""
+    try:
+        ks = [int(k) for k in text.split(",")]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 1:
+        raise ConfigError(f"--recall-k {text}: expected K values >= 1 separated by commas, e.g. 1,2,4,8")
+    return ks
+
+
+def _check_search_flags(args: argparse.Namespace) -> None:
+    for flag, value in (("--nprobe", args.nprobe), ("--ef-search", args.ef_search)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag}: expected >= 1, got {value}")
+    if args.recall_k is not None and not args.eval:
+        raise ConfigError("--recall-k only applies with --eval")
+    if args.recall_k is not None:
+        _recall_ks(args.recall_k)
+
+
+def _apply_search_flags(args: argparse.Namespace, factory: str) -> None:
+    """A note for a search flag the index type ignores; --nprobe's default on an IVF index."""
+    for flag, value, kind in (("--nprobe", args.nprobe, "IVF"), ("--ef-search", args.ef_search, "HNSW")):
+        if value is not None and kind not in factory:
+            print(f"note: {flag} only applies to {kind} indexes; {args.index} is a '{factory}' index, so it is "
+                  "ignored", file=sys.stderr)
+    if args.nprobe is None and "IVF" in factory:
+        args.nprobe = NPROBE
+
+
+def _label_codes(query_labels: pd.Series, gallery_labels: pd.Series,
+                 removed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Text labels → ints shared by queries and gallery; unlabelled and removed gallery entries match nothing
+    (a removed entry must not count among a class's relevant items, R of MAP@R)."""
     names = {name: i for i, name in enumerate(sorted(set(query_labels) | set(gallery_labels) - {""}))}
     gallery = np.array([names.get(v, -2 - i) if v else -2 - i for i, v in enumerate(gallery_labels)], np.int64)
+    if removed is not None:
+        gallery[removed] = -2 - removed
     return np.array([names[v] for v in query_labels], np.int64), gallery
 
 
@@ -91,8 +128,14 @@ def _evaluate(args, cfg, queries, gallery, embeddings) -> tuple[dict[str, float]
     if unlabelled.any():
         raise DataError(f"--eval needs a label for every query; {int(unlabelled.sum())} have none, e.g. "
                         f"{queries['path'][unlabelled].iloc[0]} (give --csv with a label column or --folder-labels)")
-    ks = [int(k) for k in args.recall_k.split(",")] if args.recall_k else list(cfg.eval.recall_k)
-    q_codes, g_codes = _label_codes(queries["label"], gallery.metadata["label"])
+    if not (gallery.metadata["label"] != "").any():
+        from ..index import metadata_path
+
+        raise DataError(f"--eval needs labels on the gallery: the 'label' column of "
+                        f"{metadata_path(gallery.folder, gallery.manifest)} is empty for every entry (build the "
+                        "index with --csv with a label column, --images with --folder-labels, or --dataset-config)")
+    ks = _recall_ks(args.recall_k) if args.recall_k else list(cfg.eval.recall_k)
+    q_codes, g_codes = _label_codes(queries["label"], gallery.metadata["label"], gallery.removed_ids)
     depth = neighbours_needed(ks, g_codes, cfg.eval.map_at_r, gallery.count)
     _, ids = gallery.search(embeddings, depth, args.nprobe, args.ef_search)
     result = metrics_from_neighbours(ids, q_codes, g_codes, ks=ks, map_at_r=cfg.eval.map_at_r)
@@ -208,6 +251,7 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("--exact-sample only applies with --eval")
     if args.exact_sample is not None and args.exact_sample < 0:
         raise ConfigError(f"--exact-sample: expected >= 0, got {args.exact_sample}")
+    _check_search_flags(args)
     if args.grid:
         from PIL import Image
 
@@ -223,6 +267,10 @@ def main(args: argparse.Namespace) -> int:
 
     queries = _queries(args)  # nonexistent paths fail first, then a broken index, before the model loads
     gallery = open_gallery(args.index)
+    if gallery.count == 0:
+        raise DataError(f"{args.index}: the index has no live entries (every entry was removed); add images with "
+                        "build_index.py --append or rebuild it")
+    _apply_search_flags(args, gallery.manifest.get("factory", ""))
     embedder = open_embedder_from(args)
     gallery.check_model(embedder)
     _check_decodable(queries["path"].tolist(), args.workers)

@@ -120,15 +120,49 @@ def _resume_config(stored: Config, cfg: Config, run_dir: Path) -> Config:
     return cfg
 
 
+def _override_text(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _check_config_yaml(run_dir: Path, stored: Config, cfg: Config) -> None:
+    """TrainingError when the run's config.yaml was edited (differs from last.pt's config) and the edit is not what
+    the resumed run uses: resume continues last.pt's config and rewrites config.yaml, so the edit would be lost."""
+    from ..config import load_config
+    from ..errors import ConfigError
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        edited = to_dict(load_config(path, []))
+    except ConfigError as err:
+        raise TrainingError(f"--resume {run_dir}: config.yaml cannot be read ({err}); resume continues last.pt's "
+                            "config: undo the edit, or pass changes as overrides section.key=value") from None
+    old, new = to_dict(stored), to_dict(cfg)
+    lost = [(s, k) for s in old for k in old[s] if (s, k) != ("train", "out_dir")
+            and edited.get(s, {}).get(k, old[s][k]) != old[s][k] and edited[s][k] != new[s].get(k)]
+    if lost:
+        keys = "; ".join(f"{s}.{k}: last.pt has {old[s][k]!r}, config.yaml {edited[s][k]!r}" for s, k in lost)
+        given = " ".join(f"{s}.{k}={_override_text(edited[s][k])}" for s, k in lost)
+        raise TrainingError(f"--resume {run_dir}: config.yaml was edited after last.pt was written ({keys}); resume "
+                            "continues last.pt's config and rewrites config.yaml, so pass the changes as overrides: "
+                            f"--resume {run_dir} {given} (or undo the edit in config.yaml)")
+
+
 def resumed_config(resume: str | Path, cfg: Config | None = None, overrides: list[str] | tuple = ()) -> Config:
     """The config a resumed run continues with: ``cfg`` (--config) or the run's own, plus ``overrides``, checked."""
     from ..config import config_from_dict
 
     run_dir = Path(resume)
+    if run_dir.is_dir() and not (run_dir / "last.pt").exists() and (run_dir / "config.yaml").is_file():
+        raise TrainingError(f"--resume {run_dir}: it has no last.pt: the run stopped before its first epoch "
+                            f"committed, so there is nothing to resume; start it again with --config "
+                            f"{run_dir / 'config.yaml'} --overwrite")
     stored = checkpoint_config(read_checkpoint(run_dir / "last.pt"), run_dir / "last.pt")
     if cfg is None:
         cfg = config_from_dict(to_dict(stored), list(overrides), stored=True)
     cfg.train.out_dir = str(run_dir)
+    _check_config_yaml(run_dir, stored, cfg)
     return _resume_config(stored, cfg, run_dir)
 
 

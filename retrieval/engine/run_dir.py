@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..checkpoint import read_checkpoint, save_checkpoint
-from ..errors import TrainingError
-from ..files import atomic_path, is_temporary, replace_dir, staging_dir
+from ..errors import TrainingError, WriteError
+from ..files import atomic_path, atomic_write_bytes, is_temporary, replace_dir, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,10 @@ def check_run_dir(path: str | Path, overwrite: bool, resume: bool) -> None:
         raise TrainingError(f"train.out_dir: {path} is a file, not a folder; choose another train.out_dir")
     if resume or not (path.exists() and any(path.iterdir())):
         return
+    if not overwrite and not (path / "last.pt").exists() and (path / "config.yaml").is_file():
+        raise FileExistsError(f"run folder {path} already exists but holds no committed epoch (no last.pt: the run "
+                              "stopped before its first epoch), so it cannot be resumed; pass --overwrite to start "
+                              "it again")
     if not overwrite:
         raise FileExistsError(
             f"run folder {path} already exists; pass --overwrite to replace it or --resume {path} to continue it")
@@ -87,12 +91,35 @@ def commit_epoch(run_dir: Path, state: dict, row: dict, improved: bool) -> None:
     row and candidate are dropped on resume); a crash after it only misses the final rename,
     which ``recover_run_dir`` finishes.
     """
-    if improved:
-        save_checkpoint(run_dir / BEST_NEXT, state)
-    append_metrics(run_dir / "metrics.csv", row)
-    save_checkpoint(run_dir / "last.pt", state)
+    metrics = run_dir / "metrics.csv"
+    before = metrics.read_bytes() if metrics.is_file() else None
+    try:
+        if improved:
+            save_checkpoint(run_dir / BEST_NEXT, state)
+        append_metrics(metrics, row)
+        save_checkpoint(run_dir / "last.pt", state)
+    except WriteError:
+        _undo_commit(run_dir, before)  # a full disk: leave the folder as the previous epoch committed it
+        raise
     if improved:
         publish_best(run_dir)
+
+
+def _undo_commit(run_dir: Path, metrics_before: bytes | None) -> None:
+    """Put back metrics.csv and drop the best candidate of an epoch whose last.pt could not be written.
+
+    ``--resume`` would drop them too (recover_run_dir); undoing at once keeps the folder byte for byte
+    as it was. Best effort: a disk that is full may refuse this too.
+    """
+    (run_dir / BEST_NEXT).unlink(missing_ok=True)
+    metrics = run_dir / "metrics.csv"
+    try:
+        if metrics_before is None:
+            metrics.unlink(missing_ok=True)
+        else:
+            atomic_write_bytes(metrics, metrics_before)
+    except (OSError, WriteError) as err:
+        log.warning("%s: could not restore it (%s); --resume drops the uncommitted row", metrics, err)
 
 
 def publish_best(run_dir: Path) -> None:

@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -34,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import IndexFormatError
-from ..files import sha256_file
+from ..files import FULL_ERRNOS, sha256_file, write_error
 from ..runtime import versions
 
 log = logging.getLogger(__name__)
@@ -234,9 +235,48 @@ def check_replaceable(path: str | Path) -> None:
                                "refusing to replace it (choose another --out)")
 
 
+# A reader opens the folder's files one by one while a writer may swap the whole folder (append, overwrite,
+# removal): it can see one version's manifest and the next version's table. Such a mix is read again.
+LOAD_ATTEMPTS = 10
+
+
+def _manifest_bytes(folder: Path) -> bytes | None:
+    try:
+        return (folder / MANIFEST_FILE).read_bytes()
+    except OSError:
+        return None
+
+
+def _being_replaced(folder: Path) -> bool:
+    """True while a writer's swap is under way: the old folder sits in a ``.NAME.<pid>.<random>.old`` beside it."""
+    return any(p.name.startswith(f".{folder.name}.") and p.name.endswith(".old") for p in folder.parent.glob(".*.old"))
+
+
 def load_index(folder: str | Path) -> tuple[faiss.Index, pd.DataFrame, dict]:
-    """(index, metadata, manifest) of an index folder; every inconsistency is an IndexFormatError naming the file."""
+    """(index, metadata, manifest) of an index folder; every inconsistency is an IndexFormatError naming the file.
+
+    The files read are of one version: when a writer replaced the folder during the read (the manifest
+    changed meanwhile, or the folder was briefly absent between the writer's two renames), it is read again.
+    """
     folder = Path(folder)
+    for attempt in range(LOAD_ATTEMPTS):
+        before = _manifest_bytes(folder)
+        try:
+            loaded = _load_once(folder)
+        except (IndexFormatError, OSError):  # OSError: a file vanished between its check and its read
+            after = _manifest_bytes(folder)
+            if attempt + 1 == LOAD_ATTEMPTS or (before is not None and after == before) or (
+                    before is None and after is None and not _being_replaced(folder)):
+                raise
+        else:
+            if _manifest_bytes(folder) == before:
+                return loaded
+        log.debug("%s: replaced by a writer while being read; reading it again", folder)
+        time.sleep(min(0.5, 0.01 * 2 ** attempt))
+    raise IndexFormatError(f"{folder}: replaced by a writer on each of {LOAD_ATTEMPTS} reads; try again")
+
+
+def _load_once(folder: Path) -> tuple[faiss.Index, pd.DataFrame, dict]:
     manifest = read_manifest(folder)
     index = _read_faiss(folder / INDEX_FILE, manifest)
     meta = _read_metadata(metadata_path(folder, manifest))
@@ -291,6 +331,28 @@ def stack_npy(parts: Sequence[str | Path], dest: Path, rows: int, dim: int, bloc
     del out
 
 
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn a write that ran out of room (full disk, file-size limit) into a WriteError naming ``path``."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno in FULL_ERRNOS:
+            raise write_error(path, err) from None
+        raise
+
+
+def write_faiss(index: faiss.Index, path: str | Path) -> None:
+    """faiss.write_index through a Python file: a failed write raises (FAISS only prints a failed fclose, leaving
+    a truncated file behind)."""
+    with open(path, "wb") as fh:
+        writer = faiss.PyCallbackIOWriter(fh.write)
+        try:
+            faiss.write_index(index, writer)
+        finally:
+            del writer
+
+
 def write_folder(tmp: Path, index: faiss.Index, meta: pd.DataFrame, manifest: dict,
                   embeddings: np.ndarray | Sequence[Path] | None, metadata_format: str = "csv") -> None:
     """Write the folder's files into ``tmp`` (the temporary folder ``atomic_dir`` renames) and fsync them.
@@ -301,23 +363,28 @@ def write_folder(tmp: Path, index: faiss.Index, meta: pd.DataFrame, manifest: di
     metadata_format: "csv" (metadata.csv) or "parquet" (metadata.parquet, row groups of
     METADATA_ROW_GROUP rows, recorded in the manifest).
     """
-    faiss.write_index(index, str(tmp / INDEX_FILE))
+    if metadata_format not in ("csv", "parquet"):
+        raise ValueError(f"metadata_format: expected csv or parquet, got {metadata_format!r}")
+    with _writing(tmp / INDEX_FILE):
+        write_faiss(index, tmp / INDEX_FILE)
     manifest["index_bytes"] = (tmp / INDEX_FILE).stat().st_size
     if metadata_format == "parquet":
-        meta.to_parquet(tmp / METADATA_PARQUET, index=False, row_group_size=METADATA_ROW_GROUP)
+        with _writing(tmp / METADATA_PARQUET):
+            meta.to_parquet(tmp / METADATA_PARQUET, index=False, row_group_size=METADATA_ROW_GROUP)
         manifest.update(metadata_file=METADATA_PARQUET, metadata_row_group=METADATA_ROW_GROUP)
-    elif metadata_format == "csv":
-        meta.to_csv(tmp / METADATA_FILE, index=False)
+    else:
+        with _writing(tmp / METADATA_FILE):
+            meta.to_csv(tmp / METADATA_FILE, index=False)
         manifest.pop("metadata_file", None)
         manifest.pop("metadata_row_group", None)
-    else:
-        raise ValueError(f"metadata_format: expected csv or parquet, got {metadata_format!r}")
     manifest["metadata_sha256"] = sha256_file(metadata_path(tmp, manifest))
-    if isinstance(embeddings, np.ndarray):
-        np.save(tmp / EMBEDDINGS_FILE, embeddings)
-    elif embeddings is not None:
-        stack_npy(embeddings, tmp / EMBEDDINGS_FILE, rows=index.ntotal, dim=index.d)
-    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    with _writing(tmp / EMBEDDINGS_FILE):
+        if isinstance(embeddings, np.ndarray):
+            np.save(tmp / EMBEDDINGS_FILE, embeddings)
+        elif embeddings is not None:
+            stack_npy(embeddings, tmp / EMBEDDINGS_FILE, rows=index.ntotal, dim=index.d)
+    with _writing(tmp / MANIFEST_FILE):
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     for name in os.listdir(tmp):
         with open(tmp / name, "rb") as fh:
             os.fsync(fh.fileno())

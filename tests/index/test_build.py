@@ -124,7 +124,9 @@ def test_crash_while_writing_keeps_the_old_index(tmp_path, monkeypatch):
         open(path, "wb").write(b"half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(faiss, "write_index", broken_write)
+    import retrieval.index.folder
+
+    monkeypatch.setattr(retrieval.index.folder, "write_faiss", broken_write)  # writes index.faiss of a folder
     with pytest.raises(OSError, match="disk full"):
         build(tmp_path, unit(10), overwrite=True)
     assert _snapshot(tmp_path / "idx") == before
