@@ -9,13 +9,15 @@ the unseen test species:
   c   + CBAM in every block + CGD head
   d   Proxy-Anchor instead of the triplet loss, CGD head, no CBAM
   e   Proxy-Anchor, CBAM + CGD head
+  f   SE (CBAM's channel gate alone) in every block + CGD head
+  g   BAM (Park et al. 2018) after stages 1-3 + CGD head
   a0, b0, c0   a, b, c as the project trained them before issue #10: no centring BN in the
                head (model.embedding_bn=false) and CBAM at the base lr (optim.attention_lr_mult=1)
 
 For every model and seed: Recall@K and MAP@R (exact search), the norm of the mean test
 embedding, leave-one-out Recall@1 through product-quantised indexes (PQ16 and PQ64: 32 and 8
 dimensions per sub-quantizer at 512-d), the mean cosine of same- and different-class pairs,
-the span (max - min within an image) of CBAM's spatial maps per stage, the metric loss of the
+the span (max - min within an image) of the spatial gates per stage (CBAM: 4, BAM: 3), the metric loss of the
 first and last epoch, the untrained network's Recall@1, and the training time. The trained
 model is the last epoch's (nothing is selected on the test species). Mean ± std over seeds.
 
@@ -58,6 +60,8 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "c": ("(c) CBAM + CGD head", ["model.attention=cbam"]),
     "d": ("(d) Proxy-Anchor + CGD head, no CBAM", ["model.attention=none", *PROXY_ANCHOR]),
     "e": ("(e) Proxy-Anchor + CBAM + CGD head", ["model.attention=cbam", *PROXY_ANCHOR]),
+    "f": ("(f) SE + CGD head", ["model.attention=se"]),
+    "g": ("(g) BAM + CGD head", ["model.attention=bam"]),
     "a0": ("(a) before #10", [*TRIPLET_ONLY, *BEFORE]),
     "b0": ("(b) before #10", ["model.attention=none", *BEFORE]),
     "c0": ("(c) before #10", ["model.attention=cbam", *BEFORE]),
@@ -75,8 +79,8 @@ def _embed_test(model, cfg: Config, test) -> tuple[np.ndarray, np.ndarray]:
 
 
 def attention_spans(model, test, count: int = 64) -> list[float]:
-    """Mean over ``count`` test images of (max - min) of each stage's CBAM spatial map; [] without CBAM."""
-    if not getattr(model.backbone, "has_attention", False) or model.backbone.layer1[0].cbam.spatial is None:
+    """Mean over ``count`` test images of (max - min) of each stage's spatial gate (CBAM, BAM); [] without one."""
+    if not model.gate_modules():
         return []
     picks = np.linspace(0, len(test) - 1, min(count, len(test))).astype(int)
     images = torch.stack([test[int(i)][0] for i in picks])
@@ -174,7 +178,7 @@ def pictures(entries: list[dict], cfg: Config, out: Path) -> list[str]:
 
         test = build_splits(dataclasses.replace(cfg.data, cache=False))["test"]
         firsts = test.records.groupby("label", sort=True).head(1)["path"].tolist()
-        for key in ("c", "c0", "b", "b0"):
+        for key in ("c", "g", "c0", "b", "b0"):
             chosen = [e for e in entries if e["model"] == key]
             if not chosen:
                 continue

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "file names only)")
     parser.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="longest wait for the next part of a request body before answering 408 (default 30)")
+    parser.add_argument("--rerank", default="none", metavar="NAME[:k=v,...]",
+                        help="default re-ranking of /search and /neighbours: none | aqe | dba | dba_aqe | kreciprocal "
+                             "(docs/reranking.md); a request's rerank parameter overrides it (default none)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the CPU count)")
     parser.add_argument("--max-batch", type=int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--batch-wait-ms", type=float, default=0.0,
@@ -82,6 +85,9 @@ def settings_from(args: argparse.Namespace):
             raise ConfigError(f"{flag}: expected >= {low}, got {value}")
     if args.port > 65535 or args.max_upload_mb <= 0 or args.batch_wait_ms < 0 or args.body_timeout <= 0:
         raise ConfigError("--port must be <= 65535, --max-upload-mb > 0, --batch-wait-ms >= 0 and --body-timeout > 0")
+    from ..rerank import parse_rerank
+
+    parse_rerank(args.rerank)  # a bad spec fails before the model loads
     token = _token(args.token_file)
     if token is None and not _is_loopback(args.host):
         raise ConfigError(f"--host {args.host}: binding beyond this machine needs --token-file (anyone who can "
@@ -90,7 +96,7 @@ def settings_from(args: argparse.Namespace):
                     precision=args.precision, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                     max_upload_bytes=int(args.max_upload_mb * (1 << 20)), max_k=args.max_k, token=token,
                     host=args.host, allowed_hosts=tuple(args.allowed_hosts), cors_origins=tuple(args.cors_origin or ()),
-                    expose_paths=args.expose_paths, body_timeout_s=args.body_timeout)
+                    expose_paths=args.expose_paths, body_timeout_s=args.body_timeout, rerank=args.rerank)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -108,7 +108,9 @@ def gallery_access(gallery: "Gallery", nprobe: int | None = None, ef_search: int
             raise IndexFormatError(f"{gallery.folder}: re-ranking needs the gallery vectors, and this "
                                    f"{gallery.manifest.get('factory', '?')} index has no embeddings.npy "
                                    "(build it with --save-embeddings)")
-        vectors = gallery.index.reconstruct_n(0, gallery.index.ntotal)
+        # np.asarray: once faiss.contrib.torch_utils is imported (pytorch-metric-learning does), FAISS
+        # hands back torch tensors
+        vectors = np.asarray(gallery.index.reconstruct_n(0, gallery.index.ntotal), dtype=np.float32)
     access = GalleryAccess(vectors, lambda q, k: gallery.search(q, k, nprobe, ef_search),
                            np.asarray(gallery.removed_ids, np.int64))
     attach_stored(access, gallery.folder, gallery.manifest)

@@ -30,8 +30,8 @@ from starlette.routing import Route
 
 from ..errors import ImageError, RetrievalError
 from .guards import BodyGuard, HostGuard, OriginGuard, SecurityHeaders, allowed_hosts, send_error
-from .schemas import (Added, Health, Item, ItemId, ItemList, Removed, SearchResponse, Stats, embedding_query, errors,
-                      multipart_body)
+from .schemas import (Added, Explanation, Health, Item, ItemId, ItemList, Removed, SearchResponse, Stats,
+                      embedding_query, errors, multipart_body)
 from .service import NotFound, RetrievalService, Settings
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,9 @@ def _vectors(body: bytes, model: type[BaseModel], max_queries: int) -> tuple[np.
 
 
 def _search_response(service: RetrievalService, vectors: np.ndarray, names: list[str], k: int,
-                     nprobe: int | None) -> JSONResponse:
+                     nprobe: int | None, rerank: str | None) -> JSONResponse:
     """Search and render the answer (thread pool: its cost grows with queries × k)."""
-    hits = service.search(vectors, k, nprobe)
+    hits = service.search(vectors, k, nprobe, service.rerank_spec(rerank))
     return JSONResponse({"queries": [{"query": n, "results": h} for n, h in zip(names, hits)]})
 
 
@@ -151,6 +151,10 @@ def create_app(settings: Settings, service: RetrievalService | None = None, cors
     EmbeddingQuery = embedding_query(settings.max_k, settings.max_files)
     K = Query(10, ge=1, le=settings.max_k, description=f"results per query (1 … {settings.max_k})")
     NPROBE = Query(None, ge=1, le=MAX_NPROBE, description="IVF lists visited per query (IVF indexes only)")
+    RERANK = Query(None, max_length=200, description="re-ranking NAME[:k=v,...]: none | aqe | dba | dba_aqe | "
+                   f"kreciprocal (docs/reranking.md); default: the server's --rerank ({settings.rerank})")
+    KIND = Query("gradcam", pattern="^(gradcam|gates)$", description="gradcam: where the embedding looks "
+                 "(Grad-CAM); gates: the last attention gate, a gate on a residual term (not where it looks)")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -249,7 +253,7 @@ def create_app(settings: Settings, service: RetrievalService | None = None, cors
     @app.post("/search", response_model=SearchResponse, responses=errors(403, 415), openapi_extra={"requestBody": {
         "required": True, "content": {"multipart/form-data": {"schema": multipart_body(False, settings.max_files)},
                                       "application/json": {"schema": EmbeddingQuery.model_json_schema()}}}})
-    async def search(request: Request, k: int = K, nprobe: int | None = NPROBE,
+    async def search(request: Request, k: int = K, nprobe: int | None = NPROBE, rerank: str | None = RERANK,
                      service: RetrievalService = Depends(svc)):
         """Search by uploaded images (multipart ``images``) or by embeddings (JSON ``{"embedding": ...}``)."""
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -261,7 +265,7 @@ def create_app(settings: Settings, service: RetrievalService | None = None, cors
         else:
             files, _ = await _uploads(request, settings)
             vectors, names = await embed_pictures(service, files), [name for _, name in files]
-        return await run_in_threadpool(_search_response, service, vectors, names, k, nprobe)
+        return await run_in_threadpool(_search_response, service, vectors, names, k, nprobe, rerank)
 
     @app.get("/items", response_model=ItemList, responses=errors())
     async def items(offset: int = Query(0, ge=0), limit: int = Query(24, ge=1, le=500),
@@ -280,31 +284,54 @@ def create_app(settings: Settings, service: RetrievalService | None = None, cors
         return Response(data, media_type=media_type)
 
     @app.get("/items/{item_id}/neighbours", response_model=SearchResponse, responses=errors(404))
-    async def neighbours(item_id: ItemId, k: int = K, nprobe: int | None = NPROBE,
+    async def neighbours(item_id: ItemId, k: int = K, nprobe: int | None = NPROBE, rerank: str | None = RERANK,
                          service: RetrievalService = Depends(svc)):
         vector = await run_in_threadpool(service.item_embedding, item_id)
-        return await run_in_threadpool(_search_response, service, vector, [f"item {item_id}"], k, nprobe)
+        return await run_in_threadpool(_search_response, service, vector, [f"item {item_id}"], k, nprobe, rerank)
 
-    def attention_png(service: RetrievalService, data: bytes, name: str) -> bytes:
+    def attention_png(service: RetrievalService, data: bytes, name: str, kind: str) -> bytes:
         from ..viz.overlay import overlay_png
 
         picture = service.decode(data, name)
-        return overlay_png(service.embedder.model, picture, service.preprocess(picture))
+        try:
+            return overlay_png(service.embedder.model, picture, service.preprocess(picture), kind)
+        except ValueError as err:  # gates of a model without any
+            raise HTTPException(400, str(err)) from None
+
+    def explain_item(service: RetrievalService, query_item: int, item_id: int) -> dict:
+        data, _, path = service.item_file(query_item)
+        return service.explain(service.preprocess(service.decode(data, path)), item_id)
+
+    @app.get("/items/{item_id}/explain", response_model=Explanation, responses=errors(404))
+    async def explain_items(item_id: ItemId, query_item: int = Query(ge=0, description="the query's item id"),
+                            service: RetrievalService = Depends(svc)):
+        """Why gallery item ``query_item`` matches item ``item_id``: a map on each of where the score comes from."""
+        return await run_in_threadpool(explain_item, service, query_item, item_id)
+
+    @app.post("/explain", response_model=Explanation, responses=errors(403, 404, 415), openapi_extra={
+        "requestBody": {"required": True, "content": {
+            "multipart/form-data": {"schema": multipart_body(False, settings.max_files)}}}})
+    async def explain_upload(request: Request, result: int = Query(ge=0, description="the result's item id"),
+                             service: RetrievalService = Depends(svc)):
+        """Why an uploaded query image (the first file) matches gallery item ``result``."""
+        files, _ = await _uploads(request, settings)
+        query = await run_in_threadpool(lambda: service.preprocess(service.decode(*files[0])))
+        return await run_in_threadpool(service.explain, query, result)
 
     png = {200: {"content": {"image/png": {}}, "description": "the picture with the attention map over it"}}
 
     @app.post("/attention", response_class=Response, responses={**png, **errors(403, 415)}, openapi_extra={
         "requestBody": {"required": True, "content": {
             "multipart/form-data": {"schema": multipart_body(False, settings.max_files)}}}})
-    async def attention_upload(request: Request, service: RetrievalService = Depends(svc)):
-        """Where the network looks in an uploaded image (CBAM spatial attention, else Grad-CAM), as PNG."""
+    async def attention_upload(request: Request, kind: str = KIND, service: RetrievalService = Depends(svc)):
+        """An uploaded image with a map over it, as PNG: Grad-CAM of the embedding, or the attention gate."""
         files, _ = await _uploads(request, settings)
-        return Response(await run_in_threadpool(attention_png, service, *files[0]), media_type="image/png")
+        return Response(await run_in_threadpool(attention_png, service, *files[0], kind), media_type="image/png")
 
     @app.get("/items/{item_id}/attention", response_class=Response, responses={**png, **errors(404)})
-    async def attention_item(item_id: ItemId, service: RetrievalService = Depends(svc)):
+    async def attention_item(item_id: ItemId, kind: str = KIND, service: RetrievalService = Depends(svc)):
         data, _, path = await run_in_threadpool(service.item_file, item_id)
-        return Response(await run_in_threadpool(attention_png, service, data, path), media_type="image/png")
+        return Response(await run_in_threadpool(attention_png, service, data, path, kind), media_type="image/png")
 
     @app.post("/items", response_model=Added, status_code=201, dependencies=[Depends(writer)],
               responses=errors(401, 403, 415), openapi_extra={"requestBody": {"required": True, "content": {

@@ -76,6 +76,16 @@ def embedding_query(max_k: int, max_queries: int) -> type[BaseModel]:
     return EmbeddingQuery
 
 
+class Explanation(BaseModel):
+    """Why a query and a gallery item match (retrieval/explain.py): where each image's share of the score lies."""
+    score: float = Field(description="cosine of the two embeddings")
+    shares: dict[str, float] = Field(description="the score split by descriptor branch (S, M, G); they sum to it")
+    exact: dict[str, bool] = Field(description="per branch: exact decomposition (SPoC) or first-order (GeM, MAC)")
+    note: str
+    query_map: list[list[float]] = Field(description="(h, w) contributions over the query's last feature map")
+    result_map: list[list[float]] = Field(description="(h, w) contributions over the item's last feature map")
+
+
 class Item(BaseModel):
     id: int
     path: str = Field(description="the file's name (its full server path with --expose-paths)")

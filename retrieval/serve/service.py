@@ -17,6 +17,11 @@ refers to are collected at start-up.
 
 Clients see a gallery file's name only (``expose_paths`` off, the default): absolute paths
 tell a stranger the server's layout and user names.
+
+Re-ranking (retrieval/rerank, docs/reranking.md) runs over the current snapshot's vectors; what
+a method computes once per gallery (DBA's augmented vectors) is kept until the gallery changes.
+A request may name another method or parameters, within bounds (``RERANK_LIMITS``), but DBA only
+with the parameters the service started with: each other choice would redo the whole gallery.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ from ..errors import ConfigError, IndexFormatError
 from ..files import atomic_write_bytes, writer_lock
 from ..gallery import Embedder, Gallery, build_gallery, open_embedder, open_gallery
 from ..index import MANIFEST_FILE, read_manifest, remove_entries
+from ..rerank import GalleryAccess, RerankSpec, gallery_access, parse_rerank, rerank_search
 from ..runtime import resolve_precision
 from .batcher import MicroBatcher
 
@@ -54,6 +60,8 @@ MAX_QUERIES = 16
 # How uploads are named in <index>.uploads/: sha256 of the content + an image suffix. Only such
 # names are ever deleted there (never a temporary, never a file someone else put in the folder).
 UPLOAD_NAME = re.compile(r"[0-9a-f]{64}(\.[a-z]{3,4})?")
+# The most a request's re-ranking may ask for: its work grows with these (per query, candidates × k1).
+RERANK_LIMITS = {"n": 50, "dba_n": 50, "k1": 100, "k2": 100, "candidates": 500}
 
 
 @dataclass
@@ -76,6 +84,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()  # pages allowed to call the API (and write, with the token if set)
     expose_paths: bool = False  # absolute gallery / checkpoint paths in answers (else file names)
     body_timeout_s: float = 30.0  # longest wait for the next chunk of a request body
+    rerank: str = "none"  # default re-ranking of /search and /neighbours (NAME[:k=v,...], docs/reranking.md)
 
 
 class NotFound(IndexFormatError):
@@ -98,6 +107,9 @@ class RetrievalService:
         self.embedder.model.to(memory_format=fmt).eval()
         self.batcher = MicroBatcher(self._forward, settings.max_batch, settings.batch_wait_ms)
         self._write = threading.Lock()
+        self.default_rerank = self.rerank_spec(settings.rerank, "--rerank")
+        self._rerank_lock = threading.Lock()
+        self._rerank_base: tuple[Gallery, GalleryAccess] | None = None
         self.started = time.time()
         self.collect_orphan_uploads()
         log.info("serving %s (%d items, dim %d, %s) with %s", settings.index, self.gallery.count,
@@ -129,9 +141,12 @@ class RetrievalService:
             raise ConfigError(f"k: expected 1 … {self.settings.max_k}, got {k}")
         return k
 
-    def search(self, embeddings: np.ndarray, k: int, nprobe: int | None = None) -> list[list[dict]]:
+    def search(self, embeddings: np.ndarray, k: int, nprobe: int | None = None,
+               rerank: RerankSpec | None = None) -> list[list[dict]]:
         """Per query, its hits (rank, id, score, label, path) among the k nearest live items.
 
+        rerank: a second stage (``rerank_spec``), the service's default when None. A gallery
+        item's neighbours include the item itself, re-ranked or not (it is the query here).
         Built for all queries at once (one gather over the (queries, k) id array): a request of
         MAX_QUERIES queries at the largest k is one numpy pass, not MAX_QUERIES pandas frames.
         """
@@ -143,8 +158,50 @@ class RetrievalService:
         norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
         if not np.all(np.isfinite(norms)) or (norms == 0).any():
             raise ConfigError("embedding: expected finite, non-zero numbers")
-        scores, ids = gallery.search((embeddings / norms).astype(np.float32), k, nprobe)
+        queries = (embeddings / norms).astype(np.float32)
+        rerank = self.default_rerank if rerank is None else rerank
+        if rerank.name != "none":
+            scores, ids = rerank_search(queries, self._rerank_access(gallery, nprobe), k, rerank)
+        else:
+            scores, ids = gallery.search(queries, k, nprobe)
         return self._hits(gallery, scores, ids)
+
+    def rerank_spec(self, text: str | None, key: str = "rerank") -> RerankSpec | None:
+        """``NAME[:k=v,...]`` checked against RERANK_LIMITS (ConfigError naming ``key``); None for None."""
+        if text is None:
+            return None
+        spec = parse_rerank(text, key)
+        for arg, value in spec.args.items():
+            if arg in RERANK_LIMITS and value > RERANK_LIMITS[arg]:
+                raise ConfigError(f"{key} {spec.name}: {arg} must be <= {RERANK_LIMITS[arg]} here, got {value}")
+        started = getattr(self, "default_rerank", None)
+        if spec.method.prepare is not None and started is not None and spec != started:
+            raise ConfigError(f"{key} {spec}: DBA re-computes every gallery vector; this service prepared "
+                              f"'{started}' (restart it with --rerank to choose other DBA parameters)")
+        return spec
+
+    def _rerank_access(self, gallery: Gallery, nprobe: int | None) -> GalleryAccess:
+        """The snapshot's vectors and once-per-gallery cache (DBA), searched with this request's ``nprobe``."""
+        with self._rerank_lock:
+            if self._rerank_base is None or self._rerank_base[0] is not gallery:
+                self._rerank_base = (gallery, gallery_access(gallery))
+            base = self._rerank_base[1]
+        return GalleryAccess(base.vectors, lambda q, k: gallery.search(q, k, nprobe), base.removed, base.cache)
+
+    def explain(self, query: torch.Tensor, item_id: int) -> dict:
+        """Why ``query`` (3, H, W) transformed) and gallery item ``item_id`` match: retrieval/explain.py's maps.
+
+        Maps at the feature-map size (h, w), the score split by branch, and which branches are exact.
+        """
+        from ..explain import explain_pair
+
+        data, _, path = self.item_file(item_id)
+        result = self.preprocess(self.decode(data, path))
+        e = explain_pair(self.embedder.model, query, result)
+        return {"score": float(e.score), "shares": {b: float(v) for b, v in e.shares.items()},
+                "exact": {b: bool(v) for b, v in e.exact.items()}, "note": e.note,
+                "query_map": np.asarray(e.query_map, dtype=np.float64).round(8).tolist(),
+                "result_map": np.asarray(e.result_map, dtype=np.float64).round(8).tolist()}
 
     def _hits(self, gallery: Gallery, scores: np.ndarray, ids: np.ndarray) -> list[list[dict]]:
         found = ids >= 0  # approximate indexes may return fewer than k

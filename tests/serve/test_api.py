@@ -8,6 +8,7 @@ from PIL import Image
 
 from retrieval.index import load_index
 from retrieval.serve import MicroBatcher
+from retrieval.viz.overlay import LEGEND_HEIGHT
 
 from .conftest import png_bytes
 
@@ -58,7 +59,7 @@ def test_attention_pictures_are_pngs(client_for, index_dir, assets):
     client = client_for(index_dir)
     for response in (client.get("/items/3/attention"), client.post("/attention", files=upload(assets["paths"][3]))):
         assert response.status_code == 200 and response.headers["content-type"] == "image/png"
-        assert Image.open(io.BytesIO(response.content)).size == (224, 224)
+        assert Image.open(io.BytesIO(response.content)).size == (224, 224 + LEGEND_HEIGHT)  # picture + legend
 
 
 def _truncated(path) -> bytes:

@@ -58,6 +58,17 @@ def test_upload_shows_k_result_tiles_and_clicking_a_gallery_image_searches(page,
         expect(hits).to_have_count(3)
         page.check("#attention")
         expect(page.locator("#results img[src*='attention']")).to_have_count(1)
+        expect(page.locator("#results img[src*='kind=gradcam']")).to_have_count(1)  # Grad-CAM unless gates are asked
+
+        hits.nth(1).click()  # why does the second result match? both maps, and the score split by branch
+        expect(page.locator("#explain")).to_be_visible()
+        expect(page.locator("#explainText")).to_contain_text("cosine")
+        drawn = page.evaluate("""() => ['explainQuery', 'explainResult'].map((id) => {
+            const data = document.getElementById(id).getContext('2d').getImageData(0, 0, 224, 224).data;
+            let red = 0; for (let i = 0; i < data.length; i += 4) red += data[i] > data[i + 2] + 40 ? 1 : 0;
+            return red; })""")
+        assert all(count > 50 for count in drawn), drawn  # a map is drawn over each image (red: adds to the score)
+        page.screenshot(path=str(tmp_path / "explain.png"), full_page=True)
 
         page.set_input_files("#file", files=[{"name": "bad.png", "mimeType": "image/png", "buffer": b"not an image"}])
         expect(page.locator("#error")).to_contain_text("bad.png")
