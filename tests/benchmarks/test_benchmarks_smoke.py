@@ -111,3 +111,19 @@ def test_serve(tmp_path):
     assert writes["search_errors"] == 0 and res["server_memory_mb"]["VmHWM"] > 0
     assert res["forward_batches"] <= res["images_embedded"]
     assert not (tmp_path / "out" / "work").exists()  # its scratch folder is removed
+
+
+def test_attention_comparison_runs_each_choice_and_scores_localisation(tmp_path):
+    from benchmarks import bench_attention
+
+    tiny = ["data.synthetic_classes=8", "data.synthetic_per_class=8", "data.synthetic_size=40", "data.image_size=32",
+            "data.resize=36", "data.val_classes=0", "data.batch_size=16", "data.num_workers=0",
+            "train.steps_per_epoch=2", "train.eval_every=1", "model.embedding_dim=16"]
+    assert bench_attention.main(["--attention", "none,bam", "--seeds", "0", "--epochs", "1",
+                                 "--out", str(tmp_path / "out"), *tiny]) == 0
+    runs = json.loads((tmp_path / "out" / "attention.json").read_text())["runs"]
+    assert [r["attention"] for r in runs] == ["none", "bam"]
+    for run in runs:
+        assert 0 <= run["gradcam_pointing"] <= 1 and 0 <= run["centre_energy"] <= 1 and run["epoch_s"] > 0
+    assert "gate_pointing" not in runs[0] and 0 <= runs[1]["gate_pointing"] <= 1  # BAM has gates, none has not
+    assert "| bam | 1 |" in (tmp_path / "out" / "attention.md").read_text()
