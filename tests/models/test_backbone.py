@@ -8,29 +8,14 @@ from torch import nn
 
 from retrieval.models import CBAM, ResNetBackbone, build_resnet
 from retrieval.models.backbone import block_channels
-
-
-def _n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _randomise_bn(model: nn.Module, seed: int = 0) -> None:
-    """Random BN affine and statistics, so a wrongly placed or non-identity gate cannot hide."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+from tests.models.nets import n_params, randomise_bn
 
 
 def test_resnet50_parameter_counts_match_cbam_paper_table():
     # CBAM Table 4 (1000-class ImageNet classifier): ResNet-50 25.56M, ResNet-50 + CBAM 28.09M
-    plain = _n_params(build_resnet("resnet50"))
-    cbam = _n_params(build_resnet("resnet50", functools.partial(CBAM, reduction=16)))
-    assert plain == _n_params(torchvision.models.resnet50())  # it is torchvision's network
+    plain = n_params(build_resnet("resnet50"))
+    cbam = n_params(build_resnet("resnet50", functools.partial(CBAM, reduction=16)))
+    assert plain == n_params(torchvision.models.resnet50())  # it is torchvision's network
     assert abs(plain / 25.56e6 - 1) < 0.01
     assert abs(cbam / 28.09e6 - 1) < 0.01
 
@@ -49,7 +34,7 @@ def test_one_cbam_in_every_block_sized_to_its_output():
 def test_identity_init_computes_exactly_the_plain_torchvision_network(arch, factory):
     torch.manual_seed(0)
     reference = factory()
-    _randomise_bn(reference)
+    randomise_bn(reference)
     ours = build_resnet(arch, functools.partial(CBAM, init="identity"))
     result = ours.load_state_dict(reference.state_dict(), strict=False)
     assert not result.unexpected_keys and all(".cbam." in k for k in result.missing_keys)

@@ -10,22 +10,7 @@ from retrieval.losses import RetrievalLoss
 from retrieval.models import BAM, ResNetBackbone, build_model
 from retrieval.models.attention import build_attention
 from retrieval.optim import build_optimizer
-
-
-def _n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _randomise_bn(model: nn.Module, seed: int = 0) -> None:
-    """Random BN affine and statistics in every BN, so a non-identity BAM cannot hide behind them."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+from tests.models.nets import n_params, randomise_bn
 
 
 def test_shapes_of_output_and_attention():
@@ -47,7 +32,7 @@ def test_layers_as_the_paper_r16_d4():
 def test_paper_form_is_f_plus_f_times_sigmoid_of_the_sum():
     torch.manual_seed(0)
     bam = BAM(32, reduction=4, init="paper")
-    _randomise_bn(bam)
+    randomise_bn(bam)
     bam.eval()
     x = torch.randn(2, 32, 8, 8)
     # Independent path through the sub-modules: F + F ⊗ σ(M_c + M_s), BAM Eq. 1–2.
@@ -77,22 +62,22 @@ def _bam(channels: int, r: int = 16) -> int:
 def test_resnet50_parameter_count_is_plain_resnet50_plus_three_bams():
     backbone = ResNetBackbone("resnet50", bottleneck=BAM)
     tv = torchvision.models.resnet50()
-    plain = _n_params(tv) - _n_params(tv.fc)
-    assert _n_params(backbone) == plain + _bam(256) + _bam(512) + _bam(1024)
+    plain = n_params(tv) - n_params(tv.fc)
+    assert n_params(backbone) == plain + _bam(256) + _bam(512) + _bam(1024)
     # BAM Table 4 (ImageNet classifier): ResNet-50 25.56M → ResNet-50 + BAM 25.92M
-    assert abs((_n_params(backbone) + _n_params(tv.fc)) / 25.92e6 - 1) < 0.01
+    assert abs((n_params(backbone) + n_params(tv.fc)) / 25.92e6 - 1) < 0.01
 
 
 @pytest.mark.parametrize("train", [False, True])
 def test_identity_start_computes_exactly_the_plain_network(train):
     torch.manual_seed(0)
     plain = ResNetBackbone("resnet18", last_stride=1)
-    _randomise_bn(plain)
+    randomise_bn(plain)
     cfg = ModelConfig(backbone="resnet18", attention="bam", cbam_init="identity")
     with_bam = ResNetBackbone("resnet18", last_stride=1, bottleneck=build_attention(cfg, "identity").bottleneck)
     missing = with_bam.load_state_dict(plain.state_dict(), strict=False).missing_keys
     assert missing and all(k.startswith(("bam1.", "bam2.", "bam3.")) for k in missing)
-    _randomise_bn(with_bam.bam1)  # the BAM's own BNs do not matter: its last layers are zero
+    randomise_bn(with_bam.bam1)  # the BAM's own BNs do not matter: its last layers are zero
     plain.train(train), with_bam.train(train)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
