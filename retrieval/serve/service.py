@@ -107,7 +107,7 @@ class RetrievalService:
         self.embedder.model.to(memory_format=fmt).eval()
         self.batcher = MicroBatcher(self._forward, settings.max_batch, settings.batch_wait_ms)
         self._write = threading.Lock()
-        self.default_rerank = self.rerank_spec(settings.rerank, "--rerank")
+        self.default_rerank = self._bounded(parse_rerank(settings.rerank, "--rerank"), "--rerank")
         self._rerank_lock = threading.Lock()
         self._rerank_base: tuple[Gallery, GalleryAccess] | None = None
         self.started = time.time()
@@ -170,14 +170,17 @@ class RetrievalService:
         """``NAME[:k=v,...]`` checked against RERANK_LIMITS (ConfigError naming ``key``); None for None."""
         if text is None:
             return None
-        spec = parse_rerank(text, key)
+        spec = self._bounded(parse_rerank(text, key), key)
+        if spec.method.prepare is not None and spec != self.default_rerank:
+            raise ConfigError(f"{key} {spec}: DBA re-computes every gallery vector; this service prepared "
+                              f"'{self.default_rerank}' (restart it with --rerank to choose other DBA parameters)")
+        return spec
+
+    @staticmethod
+    def _bounded(spec: RerankSpec, key: str) -> RerankSpec:
         for arg, value in spec.args.items():
             if arg in RERANK_LIMITS and value > RERANK_LIMITS[arg]:
                 raise ConfigError(f"{key} {spec.name}: {arg} must be <= {RERANK_LIMITS[arg]} here, got {value}")
-        started = getattr(self, "default_rerank", None)
-        if spec.method.prepare is not None and started is not None and spec != started:
-            raise ConfigError(f"{key} {spec}: DBA re-computes every gallery vector; this service prepared "
-                              f"'{started}' (restart it with --rerank to choose other DBA parameters)")
         return spec
 
     def _rerank_access(self, gallery: Gallery, nprobe: int | None) -> GalleryAccess:
