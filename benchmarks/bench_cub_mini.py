@@ -13,6 +13,10 @@ the unseen test species:
   g   BAM (Park et al. 2018) after stages 1-3 + CGD head
   a0, b0, c0   a, b, c as the project trained them before issue #10: no centring BN in the
                head (model.embedding_bn=false) and CBAM at the base lr (optim.attention_lr_mult=1)
+  b_nc, c_nc   b, c without the centring BN only (model.embedding_bn=false; issue #20's reference)
+  b_pre, c_pre b, c with the metric loss on the projections before the centring BN (model.metric_on=pre_bn)
+  b_neck, c_neck  b, c with BNNeck as Luo et al. 2019 §3.6 build it: metric loss before the BN,
+               classifier after it (model.metric_on=pre_bn, model.classifier_on=embedding)
 
 For every model and seed: Recall@K and MAP@R (exact search), the norm of the mean test
 embedding, leave-one-out Recall@1 through product-quantised indexes (PQ16 and PQ64: 32 and 8
@@ -53,6 +57,8 @@ DEFAULT_CONFIG = ROOT / "configs" / "cub_mini.yaml"
 TRIPLET_ONLY = ["model.attention=none", "model.descriptors=S", "loss.cls_weight=0"]
 PROXY_ANCHOR = ["loss.name=proxy_anchor", "loss.miner=none", "loss.args={margin: 0.1, alpha: 32}"]
 BEFORE = ["model.embedding_bn=false", "optim.attention_lr_mult=1"]
+PRE_BN = ["model.metric_on=pre_bn"]
+BNNECK = [*PRE_BN, "model.classifier_on=embedding"]
 # name → (description, overrides on top of the config)
 MODELS: dict[str, tuple[str, list[str]]] = {
     "a": ("(a) triplet alone (S, no classifier)", TRIPLET_ONLY),
@@ -65,6 +71,12 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "a0": ("(a) before #10", [*TRIPLET_ONLY, *BEFORE]),
     "b0": ("(b) before #10", ["model.attention=none", *BEFORE]),
     "c0": ("(c) before #10", ["model.attention=cbam", *BEFORE]),
+    "b_nc": ("(b) no centring BN", ["model.attention=none", "model.embedding_bn=false"]),
+    "c_nc": ("(c) no centring BN", ["model.attention=cbam", "model.embedding_bn=false"]),
+    "b_pre": ("(b) metric loss before the BN", ["model.attention=none", *PRE_BN]),
+    "c_pre": ("(c) metric loss before the BN", ["model.attention=cbam", *PRE_BN]),
+    "b_neck": ("(b) BNNeck", ["model.attention=none", *BNNECK]),
+    "c_neck": ("(c) BNNeck", ["model.attention=cbam", *BNNECK]),
 }
 SHOWN = ["recall@1", "recall@8", "map@r", "mean_norm", "pq16_recall@1", "pq64_recall@1", "cos_same", "cos_diff",
          "untrained_recall@1", "metric_loss_first", "metric_loss_last", "span_stage3", "span_stage4", "train_s"]

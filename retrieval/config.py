@@ -26,7 +26,7 @@ from .losses import LOSSES, MINERS, miner_args
 from .models.attention import ATTENTIONS
 from .models.backbone import BACKBONES
 from .models.cbam import ARRANGEMENTS, INITS, POOLS
-from .models.cgd import parse_descriptors
+from .models.cgd import CLASSIFIER_INPUTS, METRIC_INPUTS, parse_descriptors
 from .optim import OPTIMIZERS, SCHEDULES
 from .registry import Registry
 from .rerank.spec import RERANKERS
@@ -72,6 +72,8 @@ class ModelConfig:
     gem_learnable: bool = False  # learn the GeM exponent
     temperature: float = 0.5  # classifier logits divided by τ (CGD §3.3: 0.5)
     embedding_bn: bool = True  # centre each branch's projection (BN, shift fixed at 0) before its L2 norm; docs/training.md
+    metric_on: str = "embedding"  # what the metric loss sees: embedding (post-BN) | pre_bn (BNNeck, Luo et al. 2019 §3.6)
+    classifier_on: str = "descriptor"  # classifier input: descriptor (first pooled one, CGD §3.3) | embedding (post-BN, BNNeck)
 
 
 @dataclass
@@ -146,6 +148,8 @@ CHOICES: dict[str, Registry | tuple[str, ...]] = {
     "model.cbam_arrangement": ARRANGEMENTS,
     "model.cbam_pool": POOLS,
     "model.cbam_init": ("auto", *INITS),
+    "model.metric_on": METRIC_INPUTS,
+    "model.classifier_on": CLASSIFIER_INPUTS,
     "loss.name": LOSSES,
     "loss.miner": MINERS,
     "optim.name": OPTIMIZERS,
@@ -317,6 +321,10 @@ def _validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model.last_stride: must be 1 or 2, got {m.last_stride}")
     if m.cbam_kernel % 2 == 0:
         raise ConfigError(f"model.cbam_kernel: must be odd (3 or 7 in CBAM), got {m.cbam_kernel}")
+    for key in ("metric_on", "classifier_on"):
+        if getattr(m, key) != ModelConfig.__dataclass_fields__[key].default and not m.embedding_bn:
+            raise ConfigError(f"model.{key}: '{getattr(m, key)}' reads around the centring BN; it needs "
+                              "model.embedding_bn=true")
 
 
 def _validate_data(d: DataConfig) -> None:

@@ -18,6 +18,16 @@ zero before its L2 normalisation, as BNNeck does before the retrieval feature (L
 batch mean (running mean at test time) of every coordinate is removed, so the embeddings
 spread over the sphere; the shift stays at zero so the loss cannot put the shared direction
 back, while the learnable scale keeps the coordinates' relative weights.
+
+Where the losses read (``metric_on``, ``classifier_on``; docs/training.md §1b). CGD's own
+arrangement (§3.3) feeds the classifier the first pooled descriptor (BN → FC) and gives the
+metric loss the retrieval embedding. BNNeck as Luo et al. build it (§3.6, Fig. 5) puts the
+metric (triplet) loss on the features *before* the BN, the classification loss on the
+features *after* it, and retrieves with the post-BN features: ``metric_on="pre_bn"`` gives
+the metric loss each branch's projection before the centring BN (L2-normalised per branch
+and concatenated, like the embedding), ``classifier_on="embedding"`` puts the classifier
+(FC without bias, logits / τ) on the concatenated post-BN projections. Retrieval always
+uses the post-BN embedding.
 """
 from __future__ import annotations
 
@@ -30,6 +40,10 @@ from ..registry import Registry
 
 # model.descriptors letters → the descriptor's name (CGD Eq. 1: p = 1, p = ∞, p learnable or fixed).
 DESCRIPTORS = Registry("model.descriptors", {"S": "SPoC", "M": "MAC", "G": "GeM"})
+# model.metric_on: what the metric loss sees (module docstring).
+METRIC_INPUTS = ("embedding", "pre_bn")
+# model.classifier_on: what the auxiliary classifier reads.
+CLASSIFIER_INPUTS = ("descriptor", "embedding")
 
 
 def parse_descriptors(text: str) -> str:
@@ -92,6 +106,8 @@ class CGDHead(nn.Module):
         gem_learnable: bool = False,
         temperature: float = 0.5,
         embedding_bn: bool = False,
+        metric_on: str = "embedding",
+        classifier_on: str = "descriptor",
     ) -> None:
         super().__init__()
         descriptors = parse_descriptors(descriptors)
@@ -103,6 +119,13 @@ class CGDHead(nn.Module):
             raise ValueError(f"num_classes: must be >= 0, got {num_classes}")
         if temperature <= 0:
             raise ValueError(f"temperature: must be > 0, got {temperature}")
+        if metric_on not in METRIC_INPUTS or classifier_on not in CLASSIFIER_INPUTS:
+            raise ValueError(f"metric_on / classifier_on: '{metric_on}' / '{classifier_on}' not among "
+                             f"{METRIC_INPUTS} / {CLASSIFIER_INPUTS}")
+        if (metric_on, classifier_on) != ("embedding", "descriptor") and not embedding_bn:
+            raise ValueError("metric_on=pre_bn and classifier_on=embedding need embedding_bn (they read around its BN)")
+        self.metric_on = metric_on
+        self.classifier_on = classifier_on
         self.descriptors = descriptors
         self.embedding_dim = embedding_dim
         self.num_classes = num_classes
@@ -116,27 +139,46 @@ class CGDHead(nn.Module):
             for bn in self.bns:
                 bn.bias.requires_grad_(False)  # shift fixed at 0: centred, see the module docstring
         self.classifier: nn.Sequential | None = None
-        if num_classes:
+        if num_classes and classifier_on == "descriptor":
             self.classifier = nn.Sequential(nn.BatchNorm1d(in_channels), nn.Linear(in_channels, num_classes, bias=False))
+        elif num_classes:  # BNNeck: the post-BN features are already normalised per coordinate
+            self.classifier = nn.Sequential(nn.Linear(embedding_dim, num_classes, bias=False))
 
-    def branches(self, pooled: list[Tensor]) -> list[Tensor]:
-        """Each branch's projection before its L2 normalisation: FC(pool), centred by BN with ``embedding_bn``."""
-        parts = [fc(g) for fc, g in zip(self.fcs, pooled)]
+    def _projections(self, pooled: list[Tensor]) -> list[Tensor]:
+        return [fc(g) for fc, g in zip(self.fcs, pooled)]
+
+    def _centred(self, parts: list[Tensor]) -> list[Tensor]:
         if self.bns is not None:
             parts = [bn(u) for bn, u in zip(self.bns, parts)]
         return [u.float() for u in parts]
 
-    def _embed(self, pooled: list[Tensor]) -> Tensor:
-        parts = [F.normalize(u, dim=1) for u in self.branches(pooled)]
+    def branches(self, pooled: list[Tensor]) -> list[Tensor]:
+        """Each branch's projection before its L2 normalisation: FC(pool), centred by BN with ``embedding_bn``."""
+        return self._centred(self._projections(pooled))
+
+    @staticmethod
+    def _normalised(parts: list[Tensor]) -> Tensor:
+        parts = [F.normalize(u.float(), dim=1) for u in parts]
         return F.normalize(torch.cat(parts, dim=1), dim=1)
+
+    def _embed(self, pooled: list[Tensor]) -> Tensor:
+        return self._normalised(self.branches(pooled))
 
     def forward(self, features: Tensor) -> Tensor:
         return self._embed([pool(features) for pool in self.pools])
 
     def forward_train(self, features: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Embeddings (B, D) and classifier logits / τ (B, num_classes) float32, or None without a classifier."""
+        """What the metric loss sees (B, D) and classifier logits / τ (B, num_classes) float32 (None without one).
+
+        The metric loss sees the retrieval embedding, or with ``metric_on="pre_bn"`` the same
+        construction from the projections before the centring BN (BNNeck, module docstring).
+        """
         pooled = [pool(features) for pool in self.pools]
+        projections = self._projections(pooled)
+        centred = self._centred(projections)  # also updates the BN's running statistics
         logits = None
         if self.classifier is not None:
-            logits = self.classifier(pooled[0]).float() / self.temperature
-        return self._embed(pooled), logits
+            source = pooled[0] if self.classifier_on == "descriptor" else torch.cat(centred, dim=1)
+            logits = self.classifier(source).float() / self.temperature
+        seen = projections if self.metric_on == "pre_bn" else centred
+        return self._normalised(seen), logits

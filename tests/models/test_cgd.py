@@ -126,3 +126,36 @@ def test_positive_features_make_a_cone_that_embedding_bn_removes():
     centred = CGDHead(32, "SG", embedding_dim=16, embedding_bn=True).train()(feats)
     assert plain.mean(0).norm() > 0.9  # one shared direction: the cone of issue #10
     assert centred.mean(0).norm() < 0.3
+
+
+def test_bnneck_metric_loss_reads_before_the_bn_and_the_classifier_after_it():
+    """Luo et al. 2019 §3.6: metric loss on pre-BN features, classifier on post-BN, retrieval post-BN."""
+    feats = torch.rand(12, 16, 5, 4, generator=torch.Generator().manual_seed(3)) * 2
+    torch.manual_seed(0)
+    shipped = CGDHead(16, "SG", embedding_dim=8, num_classes=5, embedding_bn=True)
+    torch.manual_seed(0)
+    neck = CGDHead(16, "SG", embedding_dim=8, num_classes=5, embedding_bn=True, metric_on="pre_bn",
+                   classifier_on="embedding")
+    neck.fcs.load_state_dict(shipped.fcs.state_dict())
+    x = feats.double().numpy()
+    pooled = [x.mean(axis=(2, 3)), _gem_ref(x, 3.0)]
+    us = [p @ fc.weight.detach().double().numpy().T for p, fc in zip(pooled, neck.fcs)]
+    seen, logits = neck.train().forward_train(feats)
+    np.testing.assert_allclose(seen.detach().numpy(), _l2(np.concatenate([_l2(u) for u in us], axis=1)), atol=1e-5)
+    post = np.concatenate([_bn_ref(u, np.ones(u.shape[1]), u.mean(0), u.var(0)) for u in us], axis=1)
+    ref_logits = post @ neck.classifier[0].weight.detach().double().numpy().T / neck.temperature
+    np.testing.assert_allclose(logits.detach().numpy(), ref_logits, atol=1e-4)
+    # retrieval is the post-BN embedding either way: same weights and statistics → same vectors
+    shipped.train().forward_train(feats)
+    np.testing.assert_allclose(neck.eval()(feats).detach().numpy(), shipped.eval()(feats).detach().numpy(), atol=1e-6)
+    assert neck.train()(feats).mean(0).norm() < 0.5 < seen.mean(0).norm()  # the loss sees the cone, retrieval does not
+
+
+def test_reading_around_the_bn_needs_the_bn():
+    from retrieval.config import load_config
+    from retrieval.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.metric_on"):
+        load_config(None, ["model.embedding_bn=false", "model.metric_on=pre_bn"])
+    with pytest.raises(ConfigError, match="model.classifier_on"):
+        load_config(None, ["model.classifier_on=posterior"])
