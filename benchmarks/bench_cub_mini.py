@@ -28,6 +28,8 @@ model is the last epoch's (nothing is selected on the test species). Mean ± std
     python -m benchmarks.bench_cub_mini                     # every model, seeds 0 1 2 (~3 h on 2 fp32 cores)
     python -m benchmarks.bench_cub_mini --models a,b --seeds 0 --epochs 1 --steps-per-epoch 2 \\
         --out /tmp/cub_smoke data.test_classes=[51,60]       # smoke test, a few minutes
+    python -m benchmarks.bench_cub_mini --combine A/cub_mini_partial.json B/cub_mini.json --out C
+                                                             # one table from runs made apart
 
 Skips (exit 0) when the data set is absent. Writes cub_mini.json / cub_mini.md (and, with
 matplotlib, the score distributions and attention of the CBAM model) to --out.
@@ -217,12 +219,49 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds per model (default 0 1 2)")
     p.add_argument("--out", default="runs/bench/cub_mini", help="results folder (run folders under runs/)")
+    p.add_argument("--combine", nargs="+", metavar="JSON",
+                   help="train nothing: write one table (cub_mini.json/.md in --out) from these results files")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides for every model")
     return p.parse_args(argv)
 
 
+def combine(paths: list[str], out: Path, command: str) -> int:
+    """One table from the entries of several results files (runs made apart; same budget assumed and checked)."""
+    import json
+
+    entries = []
+    for path in paths:
+        try:
+            result = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            print(f"error: --combine: {path}: {err}", file=sys.stderr)
+            return 2
+        entries += result.get("models", [])
+    seen = {(e["model"], e["seed"]) for e in entries}
+    if len(seen) != len(entries):
+        print("error: --combine: a model and seed appear twice among the files", file=sys.stderr)
+        return 2
+    epochs = {(e["epochs"], e["train_images"], e["test_images"]) for e in entries}
+    if len(epochs) > 1:
+        print(f"error: --combine: the files differ in (epochs, train images, test images): {sorted(epochs)}",
+              file=sys.stderr)
+        return 2
+    order = list(MODELS)
+    entries.sort(key=lambda e: (order.index(e["model"]) if e["model"] in order else len(order), e["seed"]))
+    lines = [f"CUB_mini, combined from {len(paths)} results files: {', '.join(paths)}",
+             f"combined on {machine_line(header())} (each run's machine: its file's header, if written)", "",
+             *table(entries), "", "Mean ± std over seeds (ddof 1).", f"command: {command}", ""]
+    print("\n".join(lines))
+    write_results(out, "cub_mini", {"benchmark": "cub_mini", "combined_from": paths, "models": entries},
+                  "\n".join(lines))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.combine:
+        return combine(args.combine, Path(args.out),
+                       "python -m benchmarks.bench_cub_mini " + " ".join(argv if argv is not None else sys.argv[1:]))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     overrides = list(args.overrides)
     overrides += [f"data.root={args.root}"] if args.root else []
