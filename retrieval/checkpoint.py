@@ -13,10 +13,12 @@ from typing import Any
 
 import torch
 
-from .config import Config, config_from_dict
+from .config import config_from_dict
 from .errors import CheckpointError, ConfigError
 from .files import atomic_path, write_error
-from .runtime import versions
+from .models import build_model
+from .provenance import versions
+from .schema import Config
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,6 @@ def checkpoint_config(state: dict[str, Any], path: str | Path = "checkpoint") ->
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config, dict]:
     """Build the model a checkpoint was trained with and load its weights (eval mode)."""
-    from .models import build_model  # models are heavy; keep `import retrieval.checkpoint` light
-
     state = read_checkpoint(path)
     cfg = checkpoint_config(state, path)
     model = build_model(cfg.model, num_classes=int(state["num_classes"]), load_weights=False)

@@ -1,158 +1,57 @@
 """Typed configuration: YAML → dataclasses, ``section.key=value`` overrides, validation.
 
-Every section is a dataclass with a comment on each field. ``load_config`` reads a
-YAML file, applies command-line overrides, checks every key and type, and runs the
-cross-field checks; every problem is a :class:`ConfigError` naming the key, the value
-and what is allowed.
+The sections themselves (a dataclass each, a comment on each field) are in ``schema.py``,
+below everything. ``load_config`` reads a YAML file, applies command-line overrides, checks
+every key and type, and runs the cross-field checks against the registries (``choices``);
+every problem is a :class:`ConfigError` naming the key, the value and what is allowed. Keys of
+earlier versions are read and moved (``migrate_*``).
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
 import logging
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .data.sources import SOURCES
 from .errors import ConfigError
-from .losses import LOSSES, MINERS, miner_args
-from .models.attention import ATTENTIONS
-from .models.backbone import BACKBONES
-from .models.cbam import ARRANGEMENTS, INITS, POOLS
-from .models.cgd import parse_descriptors
-from .optim import OPTIMIZERS, SCHEDULES
 from .registry import Registry
-from .rerank.spec import RERANKERS
-from .runtime import PRECISIONS
+# The sections are also importable from here (``from retrieval.config import ModelConfig``), as before
+# they moved to schema.py; modules of the package import them from schema.
+from .schema import (Config, DataConfig, EvalConfig, LossConfig, ModelConfig, OptimConfig, RerankConfig,  # noqa: F401
+                     TrainConfig)
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class DataConfig:
-    name: str = "synthetic"  # a data.sources.SOURCES key: synthetic | cub | cars | sop | inshop | folder | csv
-    root: str = "data/synthetic"  # dataset folder (for csv: the CSV file)
-    split: str = "classes"  # classes: metric-learning split (disjoint classes); official: CUB's image-level train_test_split.txt
-    train_classes: list[int] | None = None  # [first, last] class ids for training; None = the dataset's standard split
-    test_classes: list[int] | None = None  # [first, last] class ids for testing; None = the classes not trained on
-    val_classes: int = 0  # training classes held out to choose best.pt on (0 = none: no best.pt)
-    crop: bool = False  # crop to bounding boxes (CUB, Cars); CGD's published numbers use crops
-    image_size: int = 224  # side of the network input (CGD: 224)
-    resize: int = 252  # train: resize to resize×resize, then random crop image_size (CGD: 252 → 224)
-    batch_size: int = 128  # images per step (CGD: 128)
-    m_per_class: int = 4  # images of each class in a batch (CGD: 32 classes × 4)
-    num_workers: int = 2  # data-loader worker processes
-    cache: bool = False  # keep decoded images at training resolution in memory
-    synthetic_classes: int = 120  # synthetic only: number of classes (half train, half test)
-    synthetic_per_class: int = 24  # synthetic only: images per class
-    synthetic_size: int = 80  # synthetic only: side of the generated images in pixels
+@functools.cache
+def choices() -> dict[str, Registry | tuple[str, ...]]:
+    """Config key → its allowed values: every registry under its own key, plus the closed sets.
 
+    The registries hold torch, PML and torchvision classes: they are imported on the first
+    validation, so reading the section types (``schema``) or this module stays light.
+    """
+    from .data.sources import SOURCES
+    from .losses import LOSSES, MINERS
+    from .models.attention import ATTENTIONS
+    from .models.backbone import BACKBONES
+    from .models.cbam import ARRANGEMENTS, INITS, POOLS
+    from .optim import OPTIMIZERS, SCHEDULES
+    from .rerank.spec import RERANKERS
+    from .runtime import PRECISIONS
 
-@dataclass
-class ModelConfig:
-    backbone: str = "resnet50"  # a models.backbone.BACKBONES key: resnet18 | resnet34 | resnet50 | resnet101
-    pretrained: str = "none"  # none | imagenet | path to a torchvision-format state dict
-    attention: str = "cbam"  # models.attention.ATTENTIONS: cbam (every block) | bam (after stages 1-3) | se | none
-    cbam_reduction: int = 16  # channel reduction r of the attention MLPs (CBAM §3.1, BAM §3: 16)
-    cbam_kernel: int = 7  # spatial-gate conv kernel (CBAM Table 2: 7 beats 3)
-    cbam_arrangement: str = "channel_spatial"  # channel_spatial | spatial_channel | parallel (CBAM Table 3)
-    cbam_pool: str = "avg_max"  # pooling inside the gates: avg | max | avg_max (CBAM Tables 1-2)
-    cbam_init: str = "auto"  # attention init (CBAM, SE, BAM): auto (identity if pretrained, else paper) | identity | paper
-    last_stride: int = 1  # 1: no down-sampling in the last stage (CGD: 14×14 map at 224 px); 2: torchvision's
-    descriptors: str = "SG"  # CGD global descriptors over S (SPoC), M (MAC), G (GeM); the first feeds the classifier
-    embedding_dim: int = 1536  # total embedding size, split evenly over the descriptors (CGD: 1536)
-    gem_p: float = 3.0  # GeM exponent (CGD: 3)
-    gem_learnable: bool = False  # learn the GeM exponent
-    temperature: float = 0.5  # classifier logits divided by τ (CGD §3.3: 0.5)
-    embedding_bn: bool = True  # centre each branch's projection (BN, shift fixed at 0) before its L2 norm; docs/training.md
+    registries = (SOURCES, BACKBONES, ATTENTIONS, ARRANGEMENTS, POOLS, LOSSES, MINERS, OPTIMIZERS, SCHEDULES,
+                  RERANKERS)
+    return {**{r.key: r for r in registries}, "data.split": ("classes", "official"),
+            "model.cbam_init": ("auto", *INITS), "train.precision": PRECISIONS}
 
-
-@dataclass
-class LossConfig:
-    name: str = "triplet"  # a losses.LOSSES key: triplet | proxy_anchor | proxy_nca | multi_similarity | arcface
-    args: dict[str, Any] = field(default_factory=dict)  # the loss's arguments (e.g. {margin: 0.1}); LOSSES lists them and their defaults
-    miner: str = "batch_hard"  # a losses.MINERS key: batch_hard | semi_hard | multi_similarity | all | none
-    miner_args: dict[str, Any] = field(default_factory=dict)  # the miner's arguments (semi_hard: margin, default the loss's)
-    proxy_lr_mult: float = 100.0  # learning-rate multiplier of proxies (Proxy-Anchor: 100)
-    cls_weight: float = 1.0  # weight of CGD's auxiliary classification loss (0 disables it)
-    label_smoothing: float = 0.1  # ε of the classification loss (CGD: 0.1)
-
-
-@dataclass
-class OptimConfig:
-    name: str = "adam"  # an optim.OPTIMIZERS key: adam | adamw | sgd
-    lr: float = 1e-4  # base learning rate (CGD: 1e-4)
-    weight_decay: float = 0.0  # L2 / decoupled weight decay
-    momentum: float = 0.9  # SGD momentum
-    scheduler: str = "step"  # an optim.SCHEDULES key: none | step | cosine
-    step_epochs: list[int] = field(default_factory=lambda: [12, 24])  # step: epochs where lr is multiplied by gamma
-    gamma: float = 0.1  # step: multiplier
-    warmup_epochs: float = 0.0  # linear warm-up length in epochs
-    attention_lr_mult: float = 1.0  # lr multiplier of the CBAM/SE/BAM parameters (from scratch: 10, docs/training.md)
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 20  # training epochs
-    out_dir: str = "runs/run"  # run folder: config.yaml, metrics.csv, last.pt, best.pt, train.log
-    seed: int = 0  # seed of python, numpy, torch and data-loader workers
-    precision: str = "auto"  # auto (bf16 on CPUs that support it, fp16 AMP on CUDA) | fp32 | bf16 | fp16
-    channels_last: bool = True  # NHWC memory format (faster convolutions on CPU and tensor cores)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    freeze_bn: bool = False  # keep BatchNorm statistics fixed (CGD and Proxy-Anchor do with pretrained weights)
-    steps_per_epoch: int = 0  # 0 = one pass over the sampler; >0 caps an epoch (quick runs)
-    eval_every: int = 1  # evaluate every N epochs (0 = only at the end)
-    grad_clip: float = 0.0  # clip gradient norm (0 = off)
-
-
-@dataclass
-class EvalConfig:
-    recall_k: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # K of Recall@K (CUB/Cars: 1,2,4,8)
-    batch_size: int = 64  # images per forward pass when embedding
-    chunk_size: int = 1024  # queries per FAISS search chunk (bounds memory)
-    map_at_r: bool = True  # also compute MAP@R and R-precision
-
-
-@dataclass
-class RerankConfig:
-    name: str = "none"  # a rerank.RERANKERS key: none | aqe | dba | dba_aqe | kreciprocal (docs/reranking.md)
-    args: dict[str, Any] = field(default_factory=dict)  # the method's arguments (e.g. {n: 2, alpha: 3.0}); choose them on val classes
-
-
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    rerank: RerankConfig = field(default_factory=RerankConfig)
-
-
-# Keys whose allowed values are a registry's keys (or a closed set): checked by ``validate``.
-CHOICES: dict[str, Registry | tuple[str, ...]] = {
-    "data.name": SOURCES,
-    "data.split": ("classes", "official"),
-    "model.backbone": BACKBONES,
-    "model.attention": ATTENTIONS,
-    "model.cbam_arrangement": ARRANGEMENTS,
-    "model.cbam_pool": POOLS,
-    "model.cbam_init": ("auto", *INITS),
-    "loss.name": LOSSES,
-    "loss.miner": MINERS,
-    "optim.name": OPTIMIZERS,
-    "optim.scheduler": SCHEDULES,
-    "train.precision": PRECISIONS,
-    "rerank.name": RERANKERS,
-}
 
 # Keys whose value must be > 0.
 POSITIVE = (
@@ -295,7 +194,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def _check_choice(key: str, value: str) -> None:
-    allowed = CHOICES[key]
+    allowed = choices()[key]
     if isinstance(allowed, Registry):
         allowed.check(value)
     elif value not in allowed:
@@ -308,6 +207,8 @@ def _get(cfg: Config, key: str) -> Any:
 
 
 def _validate_model(m: ModelConfig) -> None:
+    from .models.cgd import parse_descriptors
+
     m.descriptors = parse_descriptors(m.descriptors)
     if m.embedding_dim % len(m.descriptors):
         raise ConfigError(
@@ -336,6 +237,8 @@ def _validate_data(d: DataConfig) -> None:
 
 
 def _validate_loss(loss: LossConfig) -> None:
+    from .losses import LOSSES, miner_args
+
     loss.args = LOSSES[loss.name].resolve(loss.args, "loss.args")
     loss.miner_args = miner_args(loss)
     if not 0 <= loss.label_smoothing < 1:
@@ -348,7 +251,7 @@ def validate(cfg: Config) -> Config:
     Resolves in place: descriptors upper-cased, ``loss.args`` / ``loss.miner_args`` completed
     with the chosen loss's and miner's defaults (so the saved config says every value used).
     """
-    for key in CHOICES:
+    for key in choices():
         _check_choice(key, _get(cfg, key))
     for key in POSITIVE:
         if _get(cfg, key) <= 0:
@@ -361,7 +264,7 @@ def validate(cfg: Config) -> Config:
     _validate_model(cfg.model)
     _validate_data(cfg.data)
     _validate_loss(cfg.loss)
-    cfg.rerank.args = RERANKERS[cfg.rerank.name].resolve(cfg.rerank.args, "rerank.args.")
+    cfg.rerank.args = choices()["rerank.name"][cfg.rerank.name].resolve(cfg.rerank.args, "rerank.args.")
     if not cfg.eval.recall_k or min(cfg.eval.recall_k) < 1:
         raise ConfigError(f"eval.recall_k: expected a non-empty list of K >= 1, got {cfg.eval.recall_k}")
     return cfg
@@ -386,6 +289,8 @@ def migrate_loss(raw: dict, quiet: bool = False) -> dict:
     if not old:
         return raw
     raw = dict(raw)
+    from .losses import LOSSES
+
     name = raw.get("name", LossConfig.name)
     mapping = LEGACY_LOSS_KEYS.get(name, {})
     args = dict(raw.get("args") or {})

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from pytorch_metric_learning import losses, miners
 
 from .errors import ConfigError
 from .registry import Registry
-
-if TYPE_CHECKING:
-    from .config import LossConfig
+from .schema import LossConfig
 
 
 @dataclass(frozen=True)

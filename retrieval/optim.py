@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 
 from .registry import Registry
-
-if TYPE_CHECKING:
-    from .config import OptimConfig
+from .schema import OptimConfig
 
 # Parameters of attention modules: CBAM and SE in blocks (``layerN.i.cbam.*``), BAM at the
 # bottlenecks (``backbone.bamN.*``); the same pattern as models.attention.is_attention_parameter.

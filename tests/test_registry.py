@@ -8,7 +8,7 @@ import pytest
 import torch
 from pytorch_metric_learning import losses as pml_losses
 
-from retrieval.config import CHOICES, LossConfig, OptimConfig, load_config
+from retrieval.config import LossConfig, OptimConfig, choices, load_config
 from retrieval.data.sources import SOURCES
 from retrieval.errors import ConfigError
 from retrieval.losses import LOSSES, MINERS, RetrievalLoss, build_miner
@@ -23,10 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_config_choices_are_the_registry_keys():
-    assert CHOICES["loss.name"] is LOSSES and CHOICES["loss.miner"] is MINERS
-    assert CHOICES["optim.name"] is OPTIMIZERS and CHOICES["optim.scheduler"] is SCHEDULES
-    assert CHOICES["model.backbone"] is BACKBONES and CHOICES["data.name"] is SOURCES
-    assert CHOICES["model.cbam_pool"] is POOLS and CHOICES["model.cbam_arrangement"] is ARRANGEMENTS
+    assert choices()["loss.name"] is LOSSES and choices()["loss.miner"] is MINERS
+    assert choices()["optim.name"] is OPTIMIZERS and choices()["optim.scheduler"] is SCHEDULES
+    assert choices()["model.backbone"] is BACKBONES and choices()["data.name"] is SOURCES
+    assert choices()["model.cbam_pool"] is POOLS and choices()["model.cbam_arrangement"] is ARRANGEMENTS
+
+
+def test_every_registry_key_is_a_config_key_written_once():
+    """choices() lists each registry under the key it declares (Registry("loss.name", ...)): no second spelling."""
+    assert all(key == allowed.key for key, allowed in choices().items() if isinstance(allowed, Registry))
 
 
 def test_a_new_entry_is_a_valid_config_value():

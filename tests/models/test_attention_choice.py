@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from retrieval.checkpoint import load_model, save_checkpoint
-from retrieval.config import CHOICES, ModelConfig, load_config, to_dict
+from retrieval.config import ModelConfig, choices, load_config, to_dict
 from retrieval.errors import ConfigError
 from retrieval.models import ATTENTIONS, BAM, CBAM, build_model, is_attention_parameter
 
 
 def test_config_choice_is_the_registry():
-    assert CHOICES["model.attention"] is ATTENTIONS and set(ATTENTIONS) == {"cbam", "bam", "se", "none"}
+    assert choices()["model.attention"] is ATTENTIONS and set(ATTENTIONS) == {"cbam", "bam", "se", "none"}
 
 
 @pytest.mark.parametrize("kind,cbams,bams,spatial", [
