@@ -11,16 +11,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import math
 import re
 import logging
-import types
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .coerce import coerce
 from .errors import ConfigError
 from .registry import Registry
 # The sections are also importable from here (``from retrieval.config import ModelConfig``), as before
@@ -58,7 +57,7 @@ POSITIVE = (
     "data.image_size", "data.resize", "data.batch_size", "data.synthetic_classes",
     "data.synthetic_per_class", "data.synthetic_size", "model.cbam_reduction",
     "model.embedding_dim", "model.gem_p", "model.temperature", "optim.lr", "optim.gamma", "optim.attention_lr_mult",
-    "loss.proxy_lr_mult", "train.epochs", "eval.batch_size", "eval.chunk_size",
+    "optim.proxy_lr_mult", "train.epochs", "eval.batch_size", "eval.chunk_size",
 )
 
 # Keys whose value must be >= 0.
@@ -77,54 +76,6 @@ def _suggest(key: str, valid: list[str], prefix: str = "") -> str:
     return f"{hint} Valid keys: {', '.join(valid)}."
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check ``value`` against the annotation ``tp``; int → float and "1e-4" → float are the only conversions."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner[0])
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list of {_type_name(args[0])}, got {value!r}")
-        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
-    if origin is dict:  # per-choice arguments: their names and types are checked by the registry entry
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of arguments (e.g. {{margin: 0.1}}), got {value!r}")
-        return {str(k): v for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is not None:
-            if not math.isfinite(number):
-                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
-            return number
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-
-
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
     if raw is None:
@@ -141,7 +92,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         if dataclasses.is_dataclass(hints[key]):
             kwargs[key] = _build(hints[key], value, full)
         else:
-            kwargs[key] = _coerce(full, value, hints[key])
+            kwargs[key] = coerce(full, value, hints[key])
     return cls(**kwargs)
 
 
@@ -236,13 +187,13 @@ def _validate_data(d: DataConfig) -> None:
                           "test, and each half needs at least 2 (use >= 4)")
 
 
-def _validate_loss(loss: LossConfig) -> None:
-    from .losses import LOSSES, miner_args
+def _validate_loss(loss: LossConfig) -> LossConfig:
+    from .losses import resolve_arguments
 
-    loss.args = LOSSES[loss.name].resolve(loss.args, "loss.args")
-    loss.miner_args = miner_args(loss)
+    loss = resolve_arguments(loss)
     if not 0 <= loss.label_smoothing < 1:
         raise ConfigError(f"loss.label_smoothing: must be in [0, 1), got {loss.label_smoothing}")
+    return loss
 
 
 def validate(cfg: Config) -> Config:
@@ -263,7 +214,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.device: '{cfg.train.device}' is not one of auto, cpu, cuda, cuda:N")
     _validate_model(cfg.model)
     _validate_data(cfg.data)
-    _validate_loss(cfg.loss)
+    cfg.loss = _validate_loss(cfg.loss)
     cfg.rerank.args = choices()["rerank.name"][cfg.rerank.name].resolve(cfg.rerank.args, "rerank.args.")
     if not cfg.eval.recall_k or min(cfg.eval.recall_k) < 1:
         raise ConfigError(f"eval.recall_k: expected a non-empty list of K >= 1, got {cfg.eval.recall_k}")
@@ -285,12 +236,12 @@ LEGACY_DEFAULTS = {"margin": 0.1, "alpha": 32.0, "ms_alpha": 2.0, "ms_beta": 50.
 
 def migrate_loss(raw: dict, quiet: bool = False) -> dict:
     """A raw ``loss`` section with the old per-loss keys (margin, alpha, ms_*) moved into ``args``."""
+    from .losses import LOSSES
+
     old = [k for k in LEGACY_DEFAULTS if k in raw]
     if not old:
         return raw
     raw = dict(raw)
-    from .losses import LOSSES
-
     name = raw.get("name", LossConfig.name)
     mapping = LEGACY_LOSS_KEYS.get(name, {})
     args = dict(raw.get("args") or {})
@@ -349,6 +300,30 @@ def migrate_model(raw: dict, quiet: bool = False) -> dict:
     return raw
 
 
+# Keys that moved to another section: old (section, key) → new (section, key).
+MOVED_KEYS = {
+    ("loss", "proxy_lr_mult"): ("optim", "proxy_lr_mult"),  # a parameter group's lr, like optim.attention_lr_mult
+}
+
+
+def migrate_moved(raw: dict, quiet: bool = False) -> dict:
+    """A raw config with the keys of ``MOVED_KEYS`` read at their new place (the old key logged)."""
+    for (old_section, old_key), (section, key) in MOVED_KEYS.items():
+        source, target = raw.get(old_section), raw.get(section)
+        if not isinstance(source, dict) or old_key not in source or not isinstance(target, (dict, type(None))):
+            continue
+        source, target = dict(source), dict(target or {})
+        value = source.pop(old_key)
+        if key in target and target[key] != value:
+            raise ConfigError(f"{old_section}.{old_key}={value} and {section}.{key}={target[key]} both set "
+                              f"{section}.{key}; keep {section}.{key}")
+        target[key] = value
+        raw = {**raw, old_section: source, section: target}
+        (log.debug if quiet else log.warning)("%s.%s is read as %s.%s (write that instead)", old_section, old_key,
+                                              section, key)
+    return raw
+
+
 # Keys added after earlier versions stored resolved configs (checkpoints, index manifests), with
 # the value those versions used: a stored config without one rebuilds the model it describes.
 STORED_DEFAULTS = {("model", "embedding_bn"): False, ("optim", "attention_lr_mult"): 1.0}
@@ -358,16 +333,18 @@ def config_from_dict(raw: dict, overrides: list[str] | None = None, stored: bool
     """Build and validate a Config from a nested mapping plus overrides.
 
     stored: ``raw`` is a resolved config the library saved (checkpoint, run folder): keys it
-    lacks take their value of the version that wrote it (STORED_DEFAULTS), and old loss and
-    attention keys (``migrate_loss``, ``migrate_model``) are logged at debug level, since the
-    user did not write them.
+    lacks take their value of the version that wrote it (STORED_DEFAULTS), its moved keys are
+    read at their new place before the overrides apply, and old keys (``migrate_*``) are logged
+    at debug level, since the user did not write them.
     """
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in (raw or {}).items()}
     if stored:
         for (section, key), value in STORED_DEFAULTS.items():
             if isinstance(raw.get(section), dict):
                 raw[section].setdefault(key, value)
+        raw = migrate_moved(raw, quiet=True)  # so that an override of the new key replaces the stored value
     raw = apply_overrides(raw, list(overrides or []))
+    raw = migrate_moved(raw, quiet=stored)
     if isinstance(raw.get("loss"), dict):
         raw["loss"] = migrate_loss(raw["loss"], quiet=stored)
     if isinstance(raw.get("model"), dict):

@@ -56,7 +56,6 @@ class LossConfig:
     args: dict[str, Any] = field(default_factory=dict)  # the loss's arguments (e.g. {margin: 0.1}); LOSSES lists them and their defaults
     miner: str = "batch_hard"  # a losses.MINERS key: batch_hard | semi_hard | multi_similarity | all | none
     miner_args: dict[str, Any] = field(default_factory=dict)  # the miner's arguments (semi_hard: margin, default the loss's)
-    proxy_lr_mult: float = 100.0  # learning-rate multiplier of proxies (Proxy-Anchor: 100)
     cls_weight: float = 1.0  # weight of CGD's auxiliary classification loss (0 disables it)
     label_smoothing: float = 0.1  # ε of the classification loss (CGD: 0.1)
 
@@ -72,6 +71,7 @@ class OptimConfig:
     gamma: float = 0.1  # step: multiplier
     warmup_epochs: float = 0.0  # linear warm-up length in epochs
     attention_lr_mult: float = 1.0  # lr multiplier of the CBAM/SE/BAM parameters (from scratch: 10, docs/training.md)
+    proxy_lr_mult: float = 100.0  # lr multiplier of the loss's parameters, e.g. proxies (Proxy-Anchor: 100)
 
 
 @dataclass

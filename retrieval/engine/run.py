@@ -212,7 +212,7 @@ def setup_run(cfg: Config | None, resume: str | Path | None = None, overwrite: b
     model.to(device, memory_format=memory_format)
     loss.to(device)
     steps = len(loader) if cfg.train.steps_per_epoch <= 0 else min(len(loader), cfg.train.steps_per_epoch)
-    optimizer = build_optimizer(cfg.optim, model, loss, cfg.loss.proxy_lr_mult)
+    optimizer = build_optimizer(cfg.optim, model, loss)
     dtype = resolve_precision(cfg.train.precision, device)
     net = TrainForward(model)
     if info.enabled:
