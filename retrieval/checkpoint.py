@@ -49,10 +49,14 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def checkpoint_config(state: dict[str, Any], path: str | Path = "checkpoint") -> Config:
-    """The resolved Config stored in a checkpoint."""
+def checkpoint_config(state: dict[str, Any], path: str | Path = "checkpoint", resume: bool = False) -> Config:
+    """The resolved Config stored in a checkpoint, checked for what opens it.
+
+    resume: a run continues from it, so the training sections (loss, optimiser) are checked too;
+    otherwise only what inference reads (model, data transform, evaluation; ``config.TRAINING_SECTIONS``).
+    """
     try:
-        return config_from_dict(state["config"], stored=True)
+        return config_from_dict(state["config"], stored=True, inference=not resume)
     except ConfigError as err:
         raise CheckpointError(f"{path}: stored config is not valid for this version: {err}") from None
 

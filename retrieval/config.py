@@ -66,6 +66,11 @@ NON_NEGATIVE = (
     "loss.cls_weight", "train.seed", "train.steps_per_epoch", "train.eval_every", "train.grad_clip",
 )
 
+# Sections only training reads. A checkpoint opened to embed, search, serve or evaluate is not
+# checked against them (a loss a later version renamed must not stop a model from being served);
+# a run that resumes checks them.
+TRAINING_SECTIONS = ("loss", "optim")
+
 # train.device: auto, cpu, cuda or cuda:N (whether this machine has it is checked when the run starts).
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -196,25 +201,29 @@ def _validate_loss(loss: LossConfig) -> LossConfig:
     return loss
 
 
-def validate(cfg: Config) -> Config:
+def validate(cfg: Config, inference: bool = False) -> Config:
     """Check values and their combinations; raise ConfigError naming the key.
 
     Resolves in place: descriptors upper-cased, ``loss.args`` / ``loss.miner_args`` completed
     with the chosen loss's and miner's defaults (so the saved config says every value used).
+    inference: leave the TRAINING_SECTIONS unchecked (their types are still checked on reading).
     """
+    checked = [f.name for f in dataclasses.fields(Config) if not (inference and f.name in TRAINING_SECTIONS)]
     for key in choices():
-        _check_choice(key, _get(cfg, key))
-    for key in POSITIVE:
+        if key.split(".")[0] in checked:
+            _check_choice(key, _get(cfg, key))
+    for key in (k for k in POSITIVE if k.split(".")[0] in checked):
         if _get(cfg, key) <= 0:
             raise ConfigError(f"{key}: must be > 0, got {_get(cfg, key)!r}")
-    for key in NON_NEGATIVE:
+    for key in (k for k in NON_NEGATIVE if k.split(".")[0] in checked):
         if _get(cfg, key) < 0:
             raise ConfigError(f"{key}: must be >= 0, got {_get(cfg, key)!r}")
     if not _DEVICE.match(cfg.train.device):
         raise ConfigError(f"train.device: '{cfg.train.device}' is not one of auto, cpu, cuda, cuda:N")
     _validate_model(cfg.model)
     _validate_data(cfg.data)
-    cfg.loss = _validate_loss(cfg.loss)
+    if "loss" in checked:
+        cfg.loss = _validate_loss(cfg.loss)
     cfg.rerank.args = choices()["rerank.name"][cfg.rerank.name].resolve(cfg.rerank.args, "rerank.args.")
     if not cfg.eval.recall_k or min(cfg.eval.recall_k) < 1:
         raise ConfigError(f"eval.recall_k: expected a non-empty list of K >= 1, got {cfg.eval.recall_k}")
@@ -329,8 +338,12 @@ def migrate_moved(raw: dict, quiet: bool = False) -> dict:
 STORED_DEFAULTS = {("model", "embedding_bn"): False, ("optim", "attention_lr_mult"): 1.0}
 
 
-def config_from_dict(raw: dict, overrides: list[str] | None = None, stored: bool = False) -> Config:
+def config_from_dict(raw: dict, overrides: list[str] | None = None, stored: bool = False,
+                     inference: bool = False) -> Config:
     """Build and validate a Config from a nested mapping plus overrides.
+
+    inference: the config of a model opened to embed, search, serve or evaluate; the training-only
+    sections are not checked against this version's registries (``validate``).
 
     stored: ``raw`` is a resolved config the library saved (checkpoint, run folder): keys it
     lacks take their value of the version that wrote it (STORED_DEFAULTS), its moved keys are
@@ -349,7 +362,7 @@ def config_from_dict(raw: dict, overrides: list[str] | None = None, stored: bool
         raw["loss"] = migrate_loss(raw["loss"], quiet=stored)
     if isinstance(raw.get("model"), dict):
         raw["model"] = migrate_model(raw["model"], quiet=stored)
-    return validate(_build(Config, raw, ""))
+    return validate(_build(Config, raw, ""), inference)
 
 
 # Mappings of a choice's arguments are replaced, not merged, by a file that inherits them:

@@ -156,7 +156,7 @@ def resumed_config(resume: str | Path, cfg: Config | None = None, overrides: lis
         raise TrainingError(f"--resume {run_dir}: it has no last.pt: the run stopped before its first epoch "
                             f"committed, so there is nothing to resume; start it again with --config "
                             f"{run_dir / 'config.yaml'} --overwrite")
-    stored = checkpoint_config(read_checkpoint(run_dir / "last.pt"), run_dir / "last.pt")
+    stored = checkpoint_config(read_checkpoint(run_dir / "last.pt"), run_dir / "last.pt", resume=True)
     if cfg is None:
         cfg = config_from_dict(to_dict(stored), list(overrides), stored=True)
     cfg.train.out_dir = str(run_dir)
