@@ -24,7 +24,7 @@ import numpy as np
 
 from retrieval.files import atomic_write_text
 from retrieval.metrics import retrieval_metrics
-from retrieval.runtime import versions
+from retrieval.provenance import versions
 
 
 def _rss_kb(field: str) -> int:

@@ -41,7 +41,7 @@ def _setup(args, channels_last: bool, dtype, device):
     classes = args.batch // 4
     model = build_model(cfg, num_classes=classes).to(device).train()
     loss_fn = RetrievalLoss(LossConfig(), classes, args.dim)
-    opt = build_optimizer(OptimConfig(), model, loss_fn, 100)
+    opt = build_optimizer(OptimConfig(), model, loss_fn)
     images = torch.randn(args.batch, 3, args.size, args.size, device=device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -13,10 +13,12 @@ from typing import Any
 
 import torch
 
-from .config import Config, config_from_dict
+from .config import config_from_dict
 from .errors import CheckpointError, ConfigError
 from .files import atomic_path, write_error
-from .runtime import versions
+from .models import build_model
+from .provenance import versions
+from .schema import Config
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +49,20 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def checkpoint_config(state: dict[str, Any], path: str | Path = "checkpoint") -> Config:
-    """The resolved Config stored in a checkpoint."""
+def checkpoint_config(state: dict[str, Any], path: str | Path = "checkpoint", resume: bool = False) -> Config:
+    """The resolved Config stored in a checkpoint, checked for what opens it.
+
+    resume: a run continues from it, so the training sections (loss, optimiser) are checked too;
+    otherwise only what inference reads (model, data transform, evaluation; ``config.TRAINING_SECTIONS``).
+    """
     try:
-        return config_from_dict(state["config"], stored=True)
+        return config_from_dict(state["config"], stored=True, inference=not resume)
     except ConfigError as err:
         raise CheckpointError(f"{path}: stored config is not valid for this version: {err}") from None
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config, dict]:
     """Build the model a checkpoint was trained with and load its weights (eval mode)."""
-    from .models import build_model  # models are heavy; keep `import retrieval.checkpoint` light
-
     state = read_checkpoint(path)
     cfg = checkpoint_config(state, path)
     model = build_model(cfg.model, num_classes=int(state["num_classes"]), load_weights=False)

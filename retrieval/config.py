@@ -1,169 +1,65 @@
 """Typed configuration: YAML → dataclasses, ``section.key=value`` overrides, validation.
 
-Every section is a dataclass with a comment on each field. ``load_config`` reads a
-YAML file, applies command-line overrides, checks every key and type, and runs the
-cross-field checks; every problem is a :class:`ConfigError` naming the key, the value
-and what is allowed.
+The sections themselves (a dataclass each, a comment on each field) are in ``schema.py``,
+below everything. ``load_config`` reads a YAML file, applies command-line overrides, checks
+every key and type, and runs the cross-field checks against the registries (``choices``);
+every problem is a :class:`ConfigError` naming the key, the value and what is allowed. Keys of
+earlier versions are read and moved (``migrate_*``).
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
+import functools
 import re
 import logging
-import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .data.sources import SOURCES
+from .coerce import coerce
 from .errors import ConfigError
-from .losses import LOSSES, MINERS, miner_args
-from .models.attention import ATTENTIONS
-from .models.backbone import BACKBONES
-from .models.cbam import ARRANGEMENTS, INITS, POOLS
-from .models.cgd import CLASSIFIER_INPUTS, METRIC_INPUTS, parse_descriptors
-from .optim import OPTIMIZERS, SCHEDULES
 from .registry import Registry
-from .rerank.spec import RERANKERS
-from .runtime import PRECISIONS
+# The sections are also importable from here (``from retrieval.config import ModelConfig``), as before
+# they moved to schema.py; modules of the package import them from schema.
+from .schema import (Config, DataConfig, EvalConfig, LossConfig, ModelConfig, OptimConfig, RerankConfig,  # noqa: F401
+                     TrainConfig)
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class DataConfig:
-    name: str = "synthetic"  # a data.sources.SOURCES key: synthetic | cub | cars | sop | inshop | folder | csv
-    root: str = "data/synthetic"  # dataset folder (for csv: the CSV file)
-    split: str = "classes"  # classes: metric-learning split (disjoint classes); official: CUB's image-level train_test_split.txt
-    train_classes: list[int] | None = None  # [first, last] class ids for training; None = the dataset's standard split
-    test_classes: list[int] | None = None  # [first, last] class ids for testing; None = the classes not trained on
-    val_classes: int = 0  # training classes held out to choose best.pt on (0 = none: no best.pt)
-    crop: bool = False  # crop to bounding boxes (CUB, Cars); CGD's published numbers use crops
-    image_size: int = 224  # side of the network input (CGD: 224)
-    resize: int = 252  # train: resize to resize×resize, then random crop image_size (CGD: 252 → 224)
-    batch_size: int = 128  # images per step (CGD: 128)
-    m_per_class: int = 4  # images of each class in a batch (CGD: 32 classes × 4)
-    num_workers: int = 2  # data-loader worker processes
-    cache: bool = False  # keep decoded images at training resolution in memory
-    synthetic_classes: int = 120  # synthetic only: number of classes (half train, half test)
-    synthetic_per_class: int = 24  # synthetic only: images per class
-    synthetic_size: int = 80  # synthetic only: side of the generated images in pixels
+@functools.cache
+def choices() -> dict[str, Registry | tuple[str, ...]]:
+    """Config key → its allowed values: every registry under its own key, plus the closed sets.
 
+    The registries hold torch, PML and torchvision classes: they are imported on the first
+    validation, so reading the section types (``schema``) or this module stays light.
+    """
+    from .data.sources import SOURCES
+    from .losses import LOSSES, MINERS
+    from .models.attention import ATTENTIONS
+    from .models.backbone import BACKBONES
+    from .models.cbam import ARRANGEMENTS, INITS, POOLS
+    from .models.cgd import CLASSIFIER_INPUTS, METRIC_INPUTS
+    from .optim import OPTIMIZERS, SCHEDULES
+    from .rerank.spec import RERANKERS
+    from .runtime import PRECISIONS
 
-@dataclass
-class ModelConfig:
-    backbone: str = "resnet50"  # a models.backbone.BACKBONES key: resnet18 | resnet34 | resnet50 | resnet101
-    pretrained: str = "none"  # none | imagenet | path to a torchvision-format state dict
-    attention: str = "cbam"  # models.attention.ATTENTIONS: cbam (every block) | bam (after stages 1-3) | se | none
-    cbam_reduction: int = 16  # channel reduction r of the attention MLPs (CBAM §3.1, BAM §3: 16)
-    cbam_kernel: int = 7  # spatial-gate conv kernel (CBAM Table 2: 7 beats 3)
-    cbam_arrangement: str = "channel_spatial"  # channel_spatial | spatial_channel | parallel (CBAM Table 3)
-    cbam_pool: str = "avg_max"  # pooling inside the gates: avg | max | avg_max (CBAM Tables 1-2)
-    cbam_init: str = "auto"  # attention init (CBAM, SE, BAM): auto (identity if pretrained, else paper) | identity | paper
-    last_stride: int = 1  # 1: no down-sampling in the last stage (CGD: 14×14 map at 224 px); 2: torchvision's
-    descriptors: str = "SG"  # CGD global descriptors over S (SPoC), M (MAC), G (GeM); the first feeds the classifier
-    embedding_dim: int = 1536  # total embedding size, split evenly over the descriptors (CGD: 1536)
-    gem_p: float = 3.0  # GeM exponent (CGD: 3)
-    gem_learnable: bool = False  # learn the GeM exponent
-    temperature: float = 0.5  # classifier logits divided by τ (CGD §3.3: 0.5)
-    embedding_bn: bool = True  # centre each branch's projection (BN, shift fixed at 0) before its L2 norm; docs/training.md
-    metric_on: str = "embedding"  # what the metric loss sees: embedding (post-BN) | pre_bn (BNNeck, Luo et al. 2019 §3.6)
-    classifier_on: str = "descriptor"  # classifier input: descriptor (first pooled one, CGD §3.3) | embedding (post-BN, BNNeck)
+    registries = (SOURCES, BACKBONES, ATTENTIONS, ARRANGEMENTS, POOLS, LOSSES, MINERS, OPTIMIZERS, SCHEDULES,
+                  RERANKERS)
+    return {**{r.key: r for r in registries}, "data.split": ("classes", "official"),
+            "model.cbam_init": ("auto", *INITS), "model.metric_on": METRIC_INPUTS,
+            "model.classifier_on": CLASSIFIER_INPUTS, "train.precision": PRECISIONS}
 
-
-@dataclass
-class LossConfig:
-    name: str = "triplet"  # a losses.LOSSES key: triplet | proxy_anchor | proxy_nca | multi_similarity | arcface
-    args: dict[str, Any] = field(default_factory=dict)  # the loss's arguments (e.g. {margin: 0.1}); LOSSES lists them and their defaults
-    miner: str = "batch_hard"  # a losses.MINERS key: batch_hard | semi_hard | multi_similarity | all | none
-    miner_args: dict[str, Any] = field(default_factory=dict)  # the miner's arguments (semi_hard: margin, default the loss's)
-    proxy_lr_mult: float = 100.0  # learning-rate multiplier of proxies (Proxy-Anchor: 100)
-    cls_weight: float = 1.0  # weight of CGD's auxiliary classification loss (0 disables it)
-    label_smoothing: float = 0.1  # ε of the classification loss (CGD: 0.1)
-
-
-@dataclass
-class OptimConfig:
-    name: str = "adam"  # an optim.OPTIMIZERS key: adam | adamw | sgd
-    lr: float = 1e-4  # base learning rate (CGD: 1e-4)
-    weight_decay: float = 0.0  # L2 / decoupled weight decay
-    momentum: float = 0.9  # SGD momentum
-    scheduler: str = "step"  # an optim.SCHEDULES key: none | step | cosine
-    step_epochs: list[int] = field(default_factory=lambda: [12, 24])  # step: epochs where lr is multiplied by gamma
-    gamma: float = 0.1  # step: multiplier
-    warmup_epochs: float = 0.0  # linear warm-up length in epochs
-    attention_lr_mult: float = 1.0  # lr multiplier of the CBAM/SE/BAM parameters (from scratch: 10, docs/training.md)
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 20  # training epochs
-    out_dir: str = "runs/run"  # run folder: config.yaml, metrics.csv, last.pt, best.pt, train.log
-    seed: int = 0  # seed of python, numpy, torch and data-loader workers
-    precision: str = "auto"  # auto (bf16 on CPUs that support it, fp16 AMP on CUDA) | fp32 | bf16 | fp16
-    channels_last: bool = True  # NHWC memory format (faster convolutions on CPU and tensor cores)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    freeze_bn: bool = False  # keep BatchNorm statistics fixed (CGD and Proxy-Anchor do with pretrained weights)
-    steps_per_epoch: int = 0  # 0 = one pass over the sampler; >0 caps an epoch (quick runs)
-    eval_every: int = 1  # evaluate every N epochs (0 = only at the end)
-    grad_clip: float = 0.0  # clip gradient norm (0 = off)
-
-
-@dataclass
-class EvalConfig:
-    recall_k: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # K of Recall@K (CUB/Cars: 1,2,4,8)
-    batch_size: int = 64  # images per forward pass when embedding
-    chunk_size: int = 1024  # queries per FAISS search chunk (bounds memory)
-    map_at_r: bool = True  # also compute MAP@R and R-precision
-
-
-@dataclass
-class RerankConfig:
-    name: str = "none"  # a rerank.RERANKERS key: none | aqe | dba | dba_aqe | kreciprocal (docs/reranking.md)
-    args: dict[str, Any] = field(default_factory=dict)  # the method's arguments (e.g. {n: 2, alpha: 3.0}); choose them on val classes
-
-
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    rerank: RerankConfig = field(default_factory=RerankConfig)
-
-
-# Keys whose allowed values are a registry's keys (or a closed set): checked by ``validate``.
-CHOICES: dict[str, Registry | tuple[str, ...]] = {
-    "data.name": SOURCES,
-    "data.split": ("classes", "official"),
-    "model.backbone": BACKBONES,
-    "model.attention": ATTENTIONS,
-    "model.cbam_arrangement": ARRANGEMENTS,
-    "model.cbam_pool": POOLS,
-    "model.cbam_init": ("auto", *INITS),
-    "model.metric_on": METRIC_INPUTS,
-    "model.classifier_on": CLASSIFIER_INPUTS,
-    "loss.name": LOSSES,
-    "loss.miner": MINERS,
-    "optim.name": OPTIMIZERS,
-    "optim.scheduler": SCHEDULES,
-    "train.precision": PRECISIONS,
-    "rerank.name": RERANKERS,
-}
 
 # Keys whose value must be > 0.
 POSITIVE = (
     "data.image_size", "data.resize", "data.batch_size", "data.synthetic_classes",
     "data.synthetic_per_class", "data.synthetic_size", "model.cbam_reduction",
     "model.embedding_dim", "model.gem_p", "model.temperature", "optim.lr", "optim.gamma", "optim.attention_lr_mult",
-    "loss.proxy_lr_mult", "train.epochs", "eval.batch_size", "eval.chunk_size",
+    "optim.proxy_lr_mult", "train.epochs", "eval.batch_size", "eval.chunk_size",
 )
 
 # Keys whose value must be >= 0.
@@ -171,6 +67,11 @@ NON_NEGATIVE = (
     "data.num_workers", "data.val_classes", "optim.weight_decay", "optim.momentum", "optim.warmup_epochs",
     "loss.cls_weight", "train.seed", "train.steps_per_epoch", "train.eval_every", "train.grad_clip",
 )
+
+# Sections only training reads. A checkpoint opened to embed, search, serve or evaluate is not
+# checked against them (a loss a later version renamed must not stop a model from being served);
+# a run that resumes checks them.
+TRAINING_SECTIONS = ("loss", "optim")
 
 # train.device: auto, cpu, cuda or cuda:N (whether this machine has it is checked when the run starts).
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -180,54 +81,6 @@ def _suggest(key: str, valid: list[str], prefix: str = "") -> str:
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
     return f"{hint} Valid keys: {', '.join(valid)}."
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check ``value`` against the annotation ``tp``; int → float and "1e-4" → float are the only conversions."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner[0])
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list of {_type_name(args[0])}, got {value!r}")
-        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
-    if origin is dict:  # per-choice arguments: their names and types are checked by the registry entry
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of arguments (e.g. {{margin: 0.1}}), got {value!r}")
-        return {str(k): v for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is not None:
-            if not math.isfinite(number):
-                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
-            return number
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -246,7 +99,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         if dataclasses.is_dataclass(hints[key]):
             kwargs[key] = _build(hints[key], value, full)
         else:
-            kwargs[key] = _coerce(full, value, hints[key])
+            kwargs[key] = coerce(full, value, hints[key])
     return cls(**kwargs)
 
 
@@ -299,7 +152,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def _check_choice(key: str, value: str) -> None:
-    allowed = CHOICES[key]
+    allowed = choices()[key]
     if isinstance(allowed, Registry):
         allowed.check(value)
     elif value not in allowed:
@@ -312,6 +165,8 @@ def _get(cfg: Config, key: str) -> Any:
 
 
 def _validate_model(m: ModelConfig) -> None:
+    from .models.cgd import parse_descriptors
+
     m.descriptors = parse_descriptors(m.descriptors)
     if m.embedding_dim % len(m.descriptors):
         raise ConfigError(
@@ -343,33 +198,39 @@ def _validate_data(d: DataConfig) -> None:
                           "test, and each half needs at least 2 (use >= 4)")
 
 
-def _validate_loss(loss: LossConfig) -> None:
-    loss.args = LOSSES[loss.name].resolve(loss.args, "loss.args")
-    loss.miner_args = miner_args(loss)
+def _validate_loss(loss: LossConfig) -> LossConfig:
+    from .losses import resolve_arguments
+
+    loss = resolve_arguments(loss)
     if not 0 <= loss.label_smoothing < 1:
         raise ConfigError(f"loss.label_smoothing: must be in [0, 1), got {loss.label_smoothing}")
+    return loss
 
 
-def validate(cfg: Config) -> Config:
+def validate(cfg: Config, inference: bool = False) -> Config:
     """Check values and their combinations; raise ConfigError naming the key.
 
     Resolves in place: descriptors upper-cased, ``loss.args`` / ``loss.miner_args`` completed
     with the chosen loss's and miner's defaults (so the saved config says every value used).
+    inference: leave the TRAINING_SECTIONS unchecked (their types are still checked on reading).
     """
-    for key in CHOICES:
-        _check_choice(key, _get(cfg, key))
-    for key in POSITIVE:
+    checked = [f.name for f in dataclasses.fields(Config) if not (inference and f.name in TRAINING_SECTIONS)]
+    for key in choices():
+        if key.split(".")[0] in checked:
+            _check_choice(key, _get(cfg, key))
+    for key in (k for k in POSITIVE if k.split(".")[0] in checked):
         if _get(cfg, key) <= 0:
             raise ConfigError(f"{key}: must be > 0, got {_get(cfg, key)!r}")
-    for key in NON_NEGATIVE:
+    for key in (k for k in NON_NEGATIVE if k.split(".")[0] in checked):
         if _get(cfg, key) < 0:
             raise ConfigError(f"{key}: must be >= 0, got {_get(cfg, key)!r}")
     if not _DEVICE.match(cfg.train.device):
         raise ConfigError(f"train.device: '{cfg.train.device}' is not one of auto, cpu, cuda, cuda:N")
     _validate_model(cfg.model)
     _validate_data(cfg.data)
-    _validate_loss(cfg.loss)
-    cfg.rerank.args = RERANKERS[cfg.rerank.name].resolve(cfg.rerank.args, "rerank.args.")
+    if "loss" in checked:
+        cfg.loss = _validate_loss(cfg.loss)
+    cfg.rerank.args = choices()["rerank.name"][cfg.rerank.name].resolve(cfg.rerank.args, "rerank.args.")
     if not cfg.eval.recall_k or min(cfg.eval.recall_k) < 1:
         raise ConfigError(f"eval.recall_k: expected a non-empty list of K >= 1, got {cfg.eval.recall_k}")
     return cfg
@@ -390,6 +251,8 @@ LEGACY_DEFAULTS = {"margin": 0.1, "alpha": 32.0, "ms_alpha": 2.0, "ms_beta": 50.
 
 def migrate_loss(raw: dict, quiet: bool = False) -> dict:
     """A raw ``loss`` section with the old per-loss keys (margin, alpha, ms_*) moved into ``args``."""
+    from .losses import LOSSES
+
     old = [k for k in LEGACY_DEFAULTS if k in raw]
     if not old:
         return raw
@@ -452,30 +315,60 @@ def migrate_model(raw: dict, quiet: bool = False) -> dict:
     return raw
 
 
+# Keys that moved to another section: old (section, key) → new (section, key).
+MOVED_KEYS = {
+    ("loss", "proxy_lr_mult"): ("optim", "proxy_lr_mult"),  # a parameter group's lr, like optim.attention_lr_mult
+}
+
+
+def migrate_moved(raw: dict, quiet: bool = False) -> dict:
+    """A raw config with the keys of ``MOVED_KEYS`` read at their new place (the old key logged)."""
+    for (old_section, old_key), (section, key) in MOVED_KEYS.items():
+        source, target = raw.get(old_section), raw.get(section)
+        if not isinstance(source, dict) or old_key not in source or not isinstance(target, (dict, type(None))):
+            continue
+        source, target = dict(source), dict(target or {})
+        value = source.pop(old_key)
+        if key in target and target[key] != value:
+            raise ConfigError(f"{old_section}.{old_key}={value} and {section}.{key}={target[key]} both set "
+                              f"{section}.{key}; keep {section}.{key}")
+        target[key] = value
+        raw = {**raw, old_section: source, section: target}
+        (log.debug if quiet else log.warning)("%s.%s is read as %s.%s (write that instead)", old_section, old_key,
+                                              section, key)
+    return raw
+
+
 # Keys added after earlier versions stored resolved configs (checkpoints, index manifests), with
 # the value those versions used: a stored config without one rebuilds the model it describes.
 STORED_DEFAULTS = {("model", "embedding_bn"): False, ("optim", "attention_lr_mult"): 1.0}
 
 
-def config_from_dict(raw: dict, overrides: list[str] | None = None, stored: bool = False) -> Config:
+def config_from_dict(raw: dict, overrides: list[str] | None = None, stored: bool = False,
+                     inference: bool = False) -> Config:
     """Build and validate a Config from a nested mapping plus overrides.
 
+    inference: the config of a model opened to embed, search, serve or evaluate; the training-only
+    sections are not checked against this version's registries (``validate``).
+
     stored: ``raw`` is a resolved config the library saved (checkpoint, run folder): keys it
-    lacks take their value of the version that wrote it (STORED_DEFAULTS), and old loss and
-    attention keys (``migrate_loss``, ``migrate_model``) are logged at debug level, since the
-    user did not write them.
+    lacks take their value of the version that wrote it (STORED_DEFAULTS), its moved keys are
+    read at their new place before the overrides apply, and old keys (``migrate_*``) are logged
+    at debug level, since the user did not write them.
     """
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in (raw or {}).items()}
     if stored:
         for (section, key), value in STORED_DEFAULTS.items():
             if isinstance(raw.get(section), dict):
                 raw[section].setdefault(key, value)
+        raw = migrate_moved(raw, quiet=True)  # so that an override of the new key replaces the stored value
     raw = apply_overrides(raw, list(overrides or []))
+    raw = migrate_moved(raw, quiet=stored)
     if isinstance(raw.get("loss"), dict):
         raw["loss"] = migrate_loss(raw["loss"], quiet=stored)
     if isinstance(raw.get("model"), dict):
         raw["model"] = migrate_model(raw["model"], quiet=stored)
-    return validate(_build(Config, raw, ""))
+    return validate(_build(Config, raw, ""), inference)
 
 
 # Mappings of a choice's arguments are replaced, not merged, by a file that inherits them:

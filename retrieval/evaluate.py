@@ -11,11 +11,11 @@ import time
 import torch
 from torch.utils.data import Dataset
 
-from .config import Config
 from .embed import embed_dataset
 from .errors import DataError
 from .embedding_space import mean_norm
 from .metrics import retrieval_metrics
+from .schema import Config
 
 log = logging.getLogger(__name__)
 

@@ -244,14 +244,49 @@ def _holding(held: set, key: str) -> Iterator[None]:
         held.discard(key)
 
 
+def _is_current(fh, lock: Path) -> bool:
+    """Whether the open lock file ``fh`` is still the file at ``lock`` (a holder removes it when it lets go)."""
+    try:
+        st = os.stat(lock)
+    except FileNotFoundError:
+        return False
+    fs = os.fstat(fh.fileno())
+    return (st.st_dev, st.st_ino) == (fs.st_dev, fs.st_ino)
+
+
+def _acquire(lock: Path, path: Path, what: str):
+    """An open lock file at ``lock`` this process holds ``flock``'d; waits for another writer."""
+    warned = False
+    while True:
+        fh = open(lock, "a+")
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if not warned:
+                    log.warning("%s: waiting for another %s to finish", path, what)
+                    warned = True
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            if _is_current(fh, lock):
+                return fh
+        except BaseException:
+            fh.close()
+            raise
+        fh.close()  # locked a file the previous holder had already removed: lock the new one
+
+
 @contextmanager
 def writer_lock(path: str | Path, what: str = "writer") -> Iterator[None]:
     """Hold an exclusive ``fcntl`` lock on ``.NAME.lock`` beside ``path`` (waits for another writer).
 
     The lock file sits beside the target, not inside it, because writers replace the whole
-    folder: a lock inside would vanish with the old folder. Readers take no lock; they see the
-    old folder or the new one. Re-entrant within one thread: flock locks belong to an open file,
-    so a second open in the same process would otherwise wait for itself.
+    folder: a lock inside would vanish with the old folder. The holder removes it before letting
+    go, so no lock file stays beside a finished folder; a waiter that then locks the removed file
+    sees it is no longer the one at that name and locks the new one. Readers take no lock; they
+    see the old folder or the new one. Re-entrant within one thread: flock locks belong to an
+    open file, so a second open in the same process would otherwise wait for itself.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -261,17 +296,13 @@ def writer_lock(path: str | Path, what: str = "writer") -> Iterator[None]:
     if key in held:  # re-entered by the thread holding it (the service locks around build_index's own lock)
         yield
         return
-    with open(lock, "a+") as fh, _holding(held, key):
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            log.warning("%s: waiting for another %s to finish", path, what)
-            fcntl.flock(fh, fcntl.LOCK_EX)
+    fh = _acquire(lock, path, what)
+    with fh, _holding(held, key):
         try:
             yield
         finally:
+            with contextlib.suppress(OSError):
+                lock.unlink()
             with contextlib.suppress(OSError):
                 fcntl.flock(fh, fcntl.LOCK_UN)
 

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import Config, to_dict
+from .config import to_dict
 from .index import REMOVED, build_index, check_compatible, load_index, search, set_search_params
+from .schema import Config
 
 log = logging.getLogger(__name__)
 

@@ -8,18 +8,17 @@ smoothing and temperature scaling; τ is applied inside the model's classifier).
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from pytorch_metric_learning import losses, miners
 
+from .coerce import coerce
 from .errors import ConfigError
 from .registry import Registry
-
-if TYPE_CHECKING:
-    from .config import LossConfig
+from .schema import LossConfig
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,7 @@ class Component:
             if name not in self.defaults:
                 allowed = ", ".join(self.defaults) or "none"
                 raise ConfigError(f"{key}.{name}: not an argument of this choice (allowed: {allowed})")
-            out[name] = _typed(f"{key}.{name}", value, self.defaults[name])
+            out[name] = coerce(f"{key}.{name}", value, type(self.defaults[name]))
         for name in self.positive:
             if not out[name] > 0:
                 raise ConfigError(f"{key}.{name}: must be > 0, got {out[name]!r}")
@@ -53,25 +52,6 @@ class Component:
             if not out[name] >= 0:
                 raise ConfigError(f"{key}.{name}: must be >= 0, got {out[name]!r}")
         return out
-
-
-def _typed(key: str, value: Any, default: Any) -> Any:
-    """``value`` checked against the type of ``default`` (int → float allowed; floats must be finite)."""
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-    elif isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
-            return float(value)
-    elif isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(default, str):
-        if isinstance(value, str):
-            return value
-    raise ConfigError(f"{key}: expected {type(default).__name__}, got {value!r} ({type(value).__name__})")
 
 
 # loss.name → PML loss. Defaults: CGD's triplet margin 0.1 (§4.1); Proxy-Anchor's α 32, δ 0.1
@@ -102,14 +82,21 @@ MINERS = Registry("loss.miner", {
 })
 
 
-def miner_args(cfg: LossConfig) -> dict[str, Any]:
-    """The miner's resolved arguments: ``loss.miner_args``, else the loss's value for ``follows_loss`` ones."""
-    entry = MINERS[cfg.miner]
+def resolve_arguments(cfg: LossConfig) -> LossConfig:
+    """``cfg`` with ``args`` and ``miner_args`` completed by the chosen loss's and miner's defaults, each checked.
+
+    The one place these arguments are resolved: config validation stores the result (so a saved
+    config says every value used) and the loss is built from it; a resolved config comes back
+    unchanged. A ``follows_loss`` miner argument not set in ``miner_args`` takes the loss's value
+    from ``args`` when the config sets it there.
+    """
+    miner = MINERS[cfg.miner]
     given = dict(cfg.miner_args or {})
-    for name in entry.follows_loss:
+    for name in miner.follows_loss:
         if name not in given and name in (cfg.args or {}):
             given[name] = cfg.args[name]
-    return entry.resolve(given, "loss.miner_args")
+    return dataclasses.replace(cfg, args=LOSSES[cfg.name].resolve(cfg.args, "loss.args"),
+                               miner_args=miner.resolve(given, "loss.miner_args"))
 
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
@@ -117,25 +104,25 @@ def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def has_proxies(cfg: LossConfig) -> bool:
-    return LOSSES[cfg.name].proxies
-
-
 def build_miner(cfg: LossConfig) -> torch.nn.Module | None:
     """The miner ``cfg.miner`` names (None for 'all'/'none': every pair or triplet of the batch)."""
+    return _miner(resolve_arguments(cfg))
+
+
+def _miner(cfg: LossConfig) -> torch.nn.Module | None:
     entry = MINERS[cfg.miner]
-    return None if entry.cls is None else entry.cls(**miner_args(cfg))
+    return None if entry.cls is None else entry.cls(**cfg.miner_args)
 
 
-def build_metric_loss(cfg: LossConfig, num_classes: int, embedding_dim: int) -> torch.nn.Module:
-    """The PML loss ``cfg.name`` names with ``cfg.args``; proxy losses get ``num_classes`` × ``embedding_dim`` proxies."""
+def _metric_loss(cfg: LossConfig, num_classes: int, embedding_dim: int) -> torch.nn.Module:
+    """The PML loss ``cfg.name`` names with the resolved ``cfg.args``; proxy losses get ``num_classes`` ×
+    ``embedding_dim`` proxies."""
     entry = LOSSES[cfg.name]
-    args = entry.resolve(cfg.args, "loss.args")
     if entry.proxies:
         if num_classes < 2:
             raise ConfigError(f"loss.name={cfg.name} needs at least 2 training classes, got {num_classes}")
-        return entry.cls(num_classes, embedding_dim, **args)
-    return entry.cls(**args)
+        return entry.cls(num_classes, embedding_dim, **cfg.args)
+    return entry.cls(**cfg.args)
 
 
 @dataclass
@@ -150,8 +137,9 @@ class RetrievalLoss(torch.nn.Module):
 
     def __init__(self, cfg: LossConfig, num_classes: int, embedding_dim: int, distributed: bool = False):
         super().__init__()
-        self.metric = build_metric_loss(cfg, num_classes, embedding_dim)
-        self.miner = build_miner(cfg)
+        cfg = resolve_arguments(cfg)
+        self.metric = _metric_loss(cfg, num_classes, embedding_dim)
+        self.miner = _miner(cfg)
         self.cls_weight = cfg.cls_weight
         self.ce = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.distributed = distributed

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 
 from .registry import Registry
-
-if TYPE_CHECKING:
-    from .config import OptimConfig
+from .schema import OptimConfig
 
 # Parameters of attention modules: CBAM and SE in blocks (``layerN.i.cbam.*``), BAM at the
 # bottlenecks (``backbone.bamN.*``); the same pattern as models.attention.is_attention_parameter.
@@ -41,9 +39,8 @@ SCHEDULES: Registry = Registry("optim.scheduler", {
 })
 
 
-def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, loss: torch.nn.Module,
-                    proxy_lr_mult: float) -> torch.optim.Optimizer:
-    """Model parameters at ``cfg.lr``; loss parameters (proxies) at ``cfg.lr * proxy_lr_mult``; attention
+def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, loss: torch.nn.Module) -> torch.optim.Optimizer:
+    """Model parameters at ``cfg.lr``; loss parameters (proxies) at ``cfg.lr * cfg.proxy_lr_mult``; attention
     modules' (CBAM, SE, BAM) at ``cfg.lr * cfg.attention_lr_mult`` (their own group only when it is not 1).
 
     Proxy-Anchor (Kim et al. 2020, §4.1) trains proxies 100× faster than the network: they start
@@ -59,7 +56,7 @@ def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, loss: torch.nn.Mod
         groups.append({"params": attention, "lr": cfg.lr * cfg.attention_lr_mult, "name": "attention"})
     loss_params = [p for p in loss.parameters() if p.requires_grad]
     if loss_params:
-        groups.append({"params": loss_params, "lr": cfg.lr * proxy_lr_mult, "name": "loss"})
+        groups.append({"params": loss_params, "lr": cfg.lr * cfg.proxy_lr_mult, "name": "loss"})
     return OPTIMIZERS[cfg.name](groups, cfg)
 
 

@@ -1,11 +1,33 @@
-"""Where a result came from: date, machine, commit and package versions, recorded beside every number."""
+"""Where a result came from: date, machine, commit and package versions, recorded beside every number.
+
+``versions`` needs only ``importlib.metadata``, so the index folder's manifest records them without
+importing torch (``import retrieval.index`` stays torch-free); the machine description (``header``)
+asks torch about its devices and imports ``runtime`` when called.
+"""
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .runtime import machine_info, versions
+from . import __version__
+
+# Distributions a result depends on, by their names on PyPI.
+PACKAGES = ("torch", "torchvision", "pytorch-metric-learning", "faiss-cpu", "numpy", "pandas")
+
+
+def versions() -> dict[str, str]:
+    """Versions of python, this package and the packages a result depends on (those installed)."""
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    out["retrieval"] = __version__
+    return out
 
 
 def commit() -> str:
@@ -20,6 +42,8 @@ def commit() -> str:
 
 def header() -> dict:
     """Date, machine, commit and versions."""
+    from .runtime import machine_info
+
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(),
             "commit": commit(), "versions": versions()}
 

@@ -30,9 +30,6 @@ class Registry:
             return obj
         return add
 
-    def names(self) -> tuple[str, ...]:
-        return tuple(self._entries)
-
     def check(self, name: str) -> None:
         """ConfigError naming the key and the valid names unless ``name`` is registered."""
         if name not in self._entries:

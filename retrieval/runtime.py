@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import logging
 import os
 import platform
@@ -74,17 +73,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def versions() -> dict[str, str]:
-    """Versions of python and the packages a result depends on."""
-    out = {"python": platform.python_version(), "torch": str(torch.__version__)}
-    for pkg in ("torchvision", "pytorch-metric-learning", "faiss-cpu", "numpy", "pandas", "retrieval"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
 
 
 def machine_info() -> dict[str, str | int]:

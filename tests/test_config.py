@@ -114,3 +114,18 @@ def test_every_shipped_config_resolves():
     assert len(configs) >= 8
     for path in configs:
         assert isinstance(load_config(path), Config)
+
+
+def test_inference_checks_what_inference_reads():
+    from retrieval.config import config_from_dict
+
+    raw = to_dict(load_config(None))
+    raw["loss"].update(name="renamed_loss", args={"renamed": 1}, label_smoothing=2.0)
+    raw["optim"].update(name="renamed_optimizer", lr=-1.0)
+    cfg = config_from_dict(raw, stored=True, inference=True)
+    assert (cfg.loss.name, cfg.optim.name) == ("renamed_loss", "renamed_optimizer")
+    with pytest.raises(ConfigError, match="loss.name: 'renamed_loss' is not one of"):
+        config_from_dict(raw, stored=True)
+    raw["model"]["descriptors"] = "SX"  # what inference reads is still checked
+    with pytest.raises(ConfigError, match="model.descriptors"):
+        config_from_dict(raw, stored=True, inference=True)

@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "retrieval"
 
@@ -12,28 +17,16 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _type_checking_lines(tree: ast.Module) -> set[int]:
-    """Lines inside ``if TYPE_CHECKING:`` blocks: annotations only, no import at run time."""
-    lines: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
-            for inner in node.body:
-                lines.update(range(inner.lineno, (inner.end_lineno or inner.lineno) + 1))
-    return lines
-
-
 def import_graph() -> dict[str, set[str]]:
-    """Module → the ``retrieval`` modules it imports at run time (module level and inside functions)."""
+    """Module → the ``retrieval`` modules it imports: module level, inside functions and under ``if TYPE_CHECKING:``
+    (an import kept for annotations only still makes the two modules depend on each other)."""
     modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         tree = ast.parse(path.read_text())
-        skip = _type_checking_lines(tree)
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
         targets: set[str] = set()
         for node in ast.walk(tree):
-            if getattr(node, "lineno", None) in skip:
-                continue
             if isinstance(node, ast.ImportFrom):
                 base = package.split(".")
                 base = base[: len(base) - node.level + 1] if node.level else []
@@ -103,6 +96,34 @@ def test_pure_parts_stay_pure():
     entry_points = [m for m in graph if m.startswith("retrieval.cli") or m.endswith(".__main__")]
     assert not any(m.startswith("retrieval.cli") for m in set().union(*(closure(m) for m in graph
                                                                          if m not in entry_points)))
+
+
+def _loaded_after(statement: str) -> set[str]:
+    """Top-level packages in ``sys.modules`` after ``statement`` runs in a fresh interpreter."""
+    code = f"import sys; {statement}; import json; print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE.parent).stdout
+    return set(json.loads(out.splitlines()[-1]))
+
+
+@pytest.mark.parametrize("module,heavy", [
+    ("retrieval", {"torch", "pandas", "torchvision", "pytorch_metric_learning", "faiss"}),
+    ("retrieval.config", {"torch", "pandas", "torchvision", "pytorch_metric_learning"}),  # registries load on use
+    ("retrieval.schema", {"torch", "pandas", "yaml"}),
+    ("retrieval.index", {"torch", "torchvision", "pytorch_metric_learning"}),  # FAISS and pandas, not torch
+])
+def test_light_imports_stay_light(module, heavy):
+    loaded = heavy & _loaded_after(f"import {module}")
+    assert not loaded, f"import {module} loads {sorted(loaded)}"
+
+
+def test_the_schema_imports_nothing_of_the_project():
+    assert import_graph()["retrieval.schema"] == set()
+
+
+def test_config_validation_still_loads_the_registries():
+    loaded = _loaded_after("from retrieval.config import load_config; load_config(None)")
+    assert {"torch", "pytorch_metric_learning"} <= loaded
 
 
 def test_engine_functions_fit_on_a_screen():

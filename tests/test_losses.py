@@ -35,12 +35,12 @@ def test_cls_weight_zero_or_no_logits_is_metric_only():
 
 @pytest.mark.parametrize("name", ["proxy_anchor", "proxy_nca", "arcface"])
 def test_proxy_losses_have_proxies_in_their_own_group(name):
-    loss = RetrievalLoss(LossConfig(name=name, miner="none", proxy_lr_mult=100), 8, 16)
+    loss = RetrievalLoss(LossConfig(name=name, miner="none"), 8, 16)
     shapes = [tuple(p.shape) for p in loss.parameters()]
     assert shapes and all(s[0] in (8, 16) and 16 in s for s in shapes)
     assert set(loss.state_dict()) == {f"metric.{n}" for n, _ in loss.metric.named_parameters()}
     model = torch.nn.Linear(4, 16)
-    opt = build_optimizer(OptimConfig(lr=1e-4), model, loss, proxy_lr_mult=100)
+    opt = build_optimizer(OptimConfig(lr=1e-4, proxy_lr_mult=100), model, loss)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-4, 1e-2])
     emb, _, labels = _batch()
     emb.requires_grad_(True)
@@ -64,7 +64,7 @@ def test_schedules():
     assert lr_factor(10, cos, 10, 2) == pytest.approx(0.5)
     assert lr_factor(20, cos, 10, 2) == pytest.approx(0.0, abs=1e-9)
     model = torch.nn.Linear(2, 2)
-    opt = build_optimizer(OptimConfig(name="sgd", lr=0.1), model, torch.nn.Module(), 100)
+    opt = build_optimizer(OptimConfig(name="sgd", lr=0.1), model, torch.nn.Module())
     sched = build_scheduler(cos, opt, 10, 2)
     for _ in range(10):
         opt.step()
@@ -80,7 +80,7 @@ def test_cbam_parameters_get_their_own_lr_group_only_when_asked():
                         num_classes=4, load_weights=False)
     loss = RetrievalLoss(LossConfig(name="triplet"), 4, 16)
     names = {id(p): n for n, p in model.named_parameters()}
-    opt = build_optimizer(OptimConfig(lr=1e-3, attention_lr_mult=10), model, loss, proxy_lr_mult=100)
+    opt = build_optimizer(OptimConfig(lr=1e-3, attention_lr_mult=10), model, loss)
     groups = {g["name"]: g for g in opt.param_groups}
     assert set(groups) == {"model", "attention"} and groups["attention"]["lr"] == pytest.approx(1e-2)
     assert groups["model"]["lr"] == pytest.approx(1e-3)
@@ -89,5 +89,5 @@ def test_cbam_parameters_get_their_own_lr_group_only_when_asked():
     assert any(n.endswith("spatial.bn.weight") for n in attention)  # the gate that starts at 0
     counted = sum(len(g["params"]) for g in opt.param_groups)
     assert counted == sum(p.requires_grad for p in model.parameters())  # every trainable one in exactly one group
-    plain = build_optimizer(OptimConfig(lr=1e-3), model, loss, proxy_lr_mult=100)
+    plain = build_optimizer(OptimConfig(lr=1e-3), model, loss)
     assert [g["name"] for g in plain.param_groups] == ["model"]

@@ -72,7 +72,7 @@ def resolve_eval_config(args: argparse.Namespace, state: dict, trained):
         cfg = load_config(args.config, args.overrides)
     else:
         try:
-            cfg = config_from_dict(state["config"], args.overrides, stored=True)
+            cfg = config_from_dict(state["config"], args.overrides, stored=True, inference=True)
         except ConfigError as err:
             raise ConfigError(f"{args.checkpoint} (its stored config with the overrides): {err}") from None
     if not any(o.split("=", 1)[0].strip() == "data.image_size" for o in args.overrides):

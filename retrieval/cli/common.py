@@ -14,9 +14,10 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from ..config import Config, load_config, to_yaml
+from ..config import load_config, to_yaml
 from ..errors import ConfigError, RetrievalError
 from ..progress import set_progress
+from ..schema import Config
 
 log = logging.getLogger("retrieval")
 

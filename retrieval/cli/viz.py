@@ -72,7 +72,7 @@ def _scores(args: argparse.Namespace):
 
     embedder = open_embedder(args.checkpoint, args.device, device_flag="--device")
     cfg = (load_config(args.config, args.overrides) if args.config else
-           config_from_dict(dataclasses.asdict(embedder.cfg), args.overrides, stored=True))
+           config_from_dict(dataclasses.asdict(embedder.cfg), args.overrides, stored=True, inference=True))
     data = dataclasses.replace(cfg.data, image_size=embedder.cfg.data.image_size, cache=False,
                                resize=max(cfg.data.resize, embedder.cfg.data.image_size))
     splits = build_splits(data)
@@ -107,7 +107,7 @@ def _localisation(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size: expected >= 1, got {args.batch_size}")
     model, model_cfg, _ = load_model(args.checkpoint, resolve_device(args.device, flag="--device"))
     cfg = (load_config(args.config, args.overrides) if args.config else
-           config_from_dict(dataclasses.asdict(model_cfg), args.overrides, stored=True))
+           config_from_dict(dataclasses.asdict(model_cfg), args.overrides, stored=True, inference=True))
     size = model_cfg.data.image_size
     data = dataclasses.replace(cfg.data, image_size=size, cache=False, resize=max(cfg.data.resize, size))
     splits = build_splits(data)

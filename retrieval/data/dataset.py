@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence, TYPE_CHECKING
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -14,9 +14,7 @@ from .images import load_image
 from .splits import load_records
 from .transforms import build_transforms
 from ..progress import progress
-
-if TYPE_CHECKING:
-    from ..config import DataConfig
+from ..schema import DataConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,17 +1,14 @@
 """DataLoaders: m-per-class training batches and ordered evaluation batches."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader
 
+from ..schema import DataConfig
 from ..seeding import seed_worker
 from .dataset import ImageDataset
 from .samplers import MPerClassBatchSampler
-
-if TYPE_CHECKING:
-    from ..config import DataConfig
 
 
 def build_train_loader(dataset: ImageDataset, cfg: DataConfig, seed: int, rank: int = 0,

@@ -3,17 +3,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import pandas as pd
 
 from ..errors import DataError
 from ..registry import Registry
+from ..schema import DataConfig
 from . import cars, csv_source, cub, folder, inshop, sop
 from .synthetic import generate
-
-if TYPE_CHECKING:
-    from ..config import DataConfig
 
 
 @dataclass(frozen=True)

@@ -20,18 +20,15 @@ test set inflates results).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ..errors import DataError
+from ..schema import DataConfig
 from .counts import check_counts
 from .records import COLUMNS, SPLITS, check_files
 from .sources import SOURCES, read_raw
-
-if TYPE_CHECKING:
-    from ..config import DataConfig
 
 log = logging.getLogger(__name__)
 

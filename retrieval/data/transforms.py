@@ -6,13 +6,9 @@ Test: resize to ``image_size``×``image_size``. Both resizes are square, as CGD'
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torchvision import transforms as T
 
-if TYPE_CHECKING:
-    from ..config import DataConfig
-
+from ..schema import DataConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -15,12 +15,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import checkpoint_config, read_checkpoint
-from ..config import Config, save_config, to_dict
+from ..config import config_from_dict, load_config, save_config, to_dict
 from ..errors import TrainingError
 from ..files import remove_stale_temporaries
 from ..losses import RetrievalLoss
 from ..optim import build_optimizer, build_scheduler
 from ..runtime import resolve_device, resolve_precision
+from ..schema import Config
 from ..seeding import seed_everything
 from . import distributed as dist_utils
 from .rng import rng_state, set_rng_state
@@ -127,7 +128,6 @@ def _override_text(value: Any) -> str:
 def _check_config_yaml(run_dir: Path, stored: Config, cfg: Config) -> None:
     """TrainingError when the run's config.yaml was edited (differs from last.pt's config) and the edit is not what
     the resumed run uses: resume continues last.pt's config and rewrites config.yaml, so the edit would be lost."""
-    from ..config import load_config
     from ..errors import ConfigError
 
     path = run_dir / "config.yaml"
@@ -151,14 +151,12 @@ def _check_config_yaml(run_dir: Path, stored: Config, cfg: Config) -> None:
 
 def resumed_config(resume: str | Path, cfg: Config | None = None, overrides: list[str] | tuple = ()) -> Config:
     """The config a resumed run continues with: ``cfg`` (--config) or the run's own, plus ``overrides``, checked."""
-    from ..config import config_from_dict
-
     run_dir = Path(resume)
     if run_dir.is_dir() and not (run_dir / "last.pt").exists() and (run_dir / "config.yaml").is_file():
         raise TrainingError(f"--resume {run_dir}: it has no last.pt: the run stopped before its first epoch "
                             f"committed, so there is nothing to resume; start it again with --config "
                             f"{run_dir / 'config.yaml'} --overwrite")
-    stored = checkpoint_config(read_checkpoint(run_dir / "last.pt"), run_dir / "last.pt")
+    stored = checkpoint_config(read_checkpoint(run_dir / "last.pt"), run_dir / "last.pt", resume=True)
     if cfg is None:
         cfg = config_from_dict(to_dict(stored), list(overrides), stored=True)
     cfg.train.out_dir = str(run_dir)
@@ -214,7 +212,7 @@ def setup_run(cfg: Config | None, resume: str | Path | None = None, overwrite: b
     model.to(device, memory_format=memory_format)
     loss.to(device)
     steps = len(loader) if cfg.train.steps_per_epoch <= 0 else min(len(loader), cfg.train.steps_per_epoch)
-    optimizer = build_optimizer(cfg.optim, model, loss, cfg.loss.proxy_lr_mult)
+    optimizer = build_optimizer(cfg.optim, model, loss)
     dtype = resolve_precision(cfg.train.precision, device)
     net = TrainForward(model)
     if info.enabled:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config
 from ..errors import TrainingError
 from ..losses import LossOutput
 from ..progress import progress
 from ..runtime import autocast
+from ..schema import Config
 from . import distributed as dist_utils
 from .run import Run, close_run, setup_run
 from .run_dir import commit_epoch, replace_with_staging

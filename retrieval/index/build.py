@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..errors import IndexFormatError
 from ..files import atomic_dir, remove_stale_temporaries, writer_lock
-from ..runtime import versions
+from ..provenance import versions
 from ..vectors import check_embeddings
 from .factory import create_index
 from .folder import (EMBEDDINGS_FILE, check_compatible, check_replaceable, load_index, new_manifest,

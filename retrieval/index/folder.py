@@ -36,7 +36,7 @@ import pandas as pd
 
 from ..errors import IndexFormatError
 from ..files import FULL_ERRNOS, sha256_file, write_error
-from ..runtime import versions
+from ..provenance import versions
 
 log = logging.getLogger(__name__)
 

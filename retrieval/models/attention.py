@@ -15,16 +15,14 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from torch import nn
 
 from ..registry import Registry
+from ..schema import ModelConfig
 from .bam import BAM
 from .cbam import CBAM
-
-if TYPE_CHECKING:
-    from ..config import ModelConfig
 
 # Parameter names of attention modules: ``layerN.i.cbam.*`` in blocks, ``bamN.*`` at bottlenecks.
 _ATTENTION_KEY = re.compile(r"(^|\.)(cbam|bam\d)\.")

@@ -2,18 +2,15 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
+from ..schema import ModelConfig
 from .attention import build_attention
 from .backbone import ResNetBackbone
 from .cgd import CGDHead
 from .pretrained import load_pretrained
-
-if TYPE_CHECKING:
-    from ..config import ModelConfig
 
 log = logging.getLogger(__name__)
 

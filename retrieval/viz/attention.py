@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import Config
 from ..models.gradcam import grad_cam
+from ..schema import Config
 from .plots import pyplot, save_figure
 
 __all__ = ["GATE_LABEL", "GRAD_CAM_LABEL", "attention_figure", "grad_cam"]

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Config
 from ..explain import PairExplanation, explain_pair
+from ..schema import Config
 from .attention import _load
 from .plots import pyplot, save_figure
 

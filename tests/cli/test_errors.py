@@ -113,7 +113,7 @@ def test_full_or_read_only_disk_is_one_line_and_keeps_the_old_index(assets, tmp_
     monkeypatch.undo()
     _one_error_line(capsys.readouterr().err, str(index), *words)
     assert code == 2 and {p.name: p.read_bytes() for p in index.iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".idx.lock", "idx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
 
 
 def test_verbose_shows_the_traceback_the_error_line_hides(tmp_path, capsys):

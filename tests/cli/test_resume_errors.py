@@ -50,3 +50,36 @@ def test_a_run_stopped_before_its_first_epoch_is_not_offered_resume(data_root, t
     assert code == 2 and sorted(p.name for p in out.iterdir()) == ["config.yaml", "train.log"]
     assert train_cli.main([*argv, "--overwrite"]) == 0
     assert read_checkpoint(out / "last.pt")["epoch"] == 1
+
+
+def test_a_checkpoint_whose_loss_was_renamed_still_embeds_and_searches_but_does_not_resume(data_root, tmp_path,
+                                                                                          capsys):
+    """Inference checks model, data transform and eval sections; loss and optimiser only when a run resumes."""
+    import torch
+
+    from retrieval.checkpoint import load_model
+    from retrieval.cli import build_index, query
+    from tests.conftest import make_gallery
+
+    out = tmp_path / "run"
+    train(tiny_config(data_root, out, "train.epochs=1", "train.steps_per_epoch=1"))
+    state = torch.load(out / "last.pt", weights_only=True)
+    state["config"]["loss"]["name"] = "renamed_loss"  # a loss a later version no longer registers
+    state["config"]["loss"]["args"] = {"renamed_arg": 1.0}
+    torch.save(state, out / "last.pt")
+    model, cfg, _ = load_model(out / "last.pt")
+    assert cfg.loss.name == "renamed_loss" and model.embedding_dim == 32
+
+    gallery = make_gallery(tmp_path / "gallery")
+    fast = ["--workers", "0", "--precision", "fp32", "-q"]
+    assert build_index.main(["--checkpoint", str(out / "last.pt"), "--out", str(tmp_path / "idx"),
+                             "--images", str(gallery), "--folder-labels", *fast]) == 0
+    query_image = sorted(gallery.rglob("*.png"))[0]
+    assert query.main(["--checkpoint", str(out / "last.pt"), "--index", str(tmp_path / "idx"), "-k", "3",
+                       "--format", "json", str(query_image), *fast]) == 0
+    found = capsys.readouterr().out
+    assert str(query_image) in found and '"rank": 1' in found
+
+    code = train_cli.main(["--resume", str(out), "train.epochs=2", "-q"])
+    assert code == 2
+    _one_error_line(capsys.readouterr().err, "loss.name", "renamed_loss")

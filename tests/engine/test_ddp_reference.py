@@ -38,7 +38,7 @@ WORLD, BATCH, IN_DIM, DIM, CLASSES, STEPS, SEED = 2, 16, 12, 8, 4, 4, 7
 TOLERANCE = 1e-9  # float64: see the module docstring
 # proxy_anchor: proxies at 10× the lr, so a wrong proxy-gradient factor moves them visibly in 4 steps.
 # triplet with its default batch-hard miner, mined on the gathered batch.
-LOSSES = {"proxy_anchor": LossConfig(name="proxy_anchor", miner="none", cls_weight=0.0, proxy_lr_mult=10.0),
+LOSSES = {"proxy_anchor": LossConfig(name="proxy_anchor", miner="none", cls_weight=0.0),
           "triplet": LossConfig(name="triplet", miner="batch_hard", cls_weight=0.0)}
 
 
@@ -74,8 +74,7 @@ def _train_in_default_dtype(loss_name: str, info: dist_utils.DistInfo) -> tuple[
     torch.manual_seed(SEED + info.rank)  # ranks start apart: DDP and broadcast_parameters must align them
     model = TinyNet()
     loss = RetrievalLoss(LOSSES[loss_name], CLASSES, DIM, distributed=info.enabled).double()  # PML's proxies are float32
-    optimizer = build_optimizer(OptimConfig(name="sgd", lr=0.5, momentum=0.9), model, loss,
-                                LOSSES[loss_name].proxy_lr_mult)
+    optimizer = build_optimizer(OptimConfig(name="sgd", lr=0.5, momentum=0.9, proxy_lr_mult=10.0), model, loss)
     net = torch.nn.parallel.DistributedDataParallel(model) if info.enabled else model
     dist_utils.broadcast_parameters(loss, info)
     run = SimpleNamespace(device=torch.device("cpu"), memory_format=torch.contiguous_format, dtype=None, net=net,

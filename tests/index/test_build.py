@@ -130,8 +130,8 @@ def test_crash_while_writing_keeps_the_old_index(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         build(tmp_path, unit(10), overwrite=True)
     assert _snapshot(tmp_path / "idx") == before
-    # no temporary folder left behind (the writers' lock file beside the folder stays, by design)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".idx.lock", "idx"]
+    # no temporary folder and no writers' lock file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
 
 
 def test_too_small_gallery_for_ivf_names_factory_and_need(tmp_path):

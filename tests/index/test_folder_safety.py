@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from retrieval.errors import IndexFormatError
-from retrieval.files import remove_stale_temporaries
+from retrieval.files import remove_stale_temporaries, writer_lock
 from retrieval.index import MANIFEST_FILE, METADATA_FILE, build_index, check_compatible, load_index, search
 
 EXTRA = {"checkpoint": "a.pt", "checkpoint_sha256": "a" * 64}
@@ -105,6 +105,29 @@ def test_concurrent_appends_lose_nothing(tmp_path):
     assert set(metadata["path"]) >= {f"/img/{100 * s + i}.jpg" for s in range(1, 5) for i in range(20)}
     _, ids = search(index, unit(20, seed=3), 1)  # every appended vector is at its own row
     assert (metadata["path"].to_numpy()[ids[:, 0]] == [f"/img/{300 + i}.jpg" for i in range(20)]).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # each writer removed the lock file it held
+
+
+def _count(target, times):
+    for _ in range(times):
+        with writer_lock(target):
+            value = int(target.read_text())
+            os.sched_yield()
+            target.write_text(str(value + 1))
+
+
+def test_writers_queue_although_each_removes_the_lock_file_it_held(tmp_path):
+    """A waiter that locks a file its holder has just removed must not count as holding the lock."""
+    target = tmp_path / "counter"
+    target.write_text("0")
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_count, args=(target, 50)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    assert int(target.read_text()) == 200 and sorted(p.name for p in tmp_path.iterdir()) == ["counter"]
 
 
 def test_stale_temporaries_of_dead_processes_are_removed_and_nothing_else(tmp_path):

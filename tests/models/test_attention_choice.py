@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from retrieval.checkpoint import load_model, save_checkpoint
-from retrieval.config import CHOICES, ModelConfig, load_config, to_dict
+from retrieval.config import ModelConfig, choices, load_config, to_dict
 from retrieval.errors import ConfigError
 from retrieval.models import ATTENTIONS, BAM, CBAM, build_model, is_attention_parameter
 
 
 def test_config_choice_is_the_registry():
-    assert CHOICES["model.attention"] is ATTENTIONS and set(ATTENTIONS) == {"cbam", "bam", "se", "none"}
+    assert choices()["model.attention"] is ATTENTIONS and set(ATTENTIONS) == {"cbam", "bam", "se", "none"}
 
 
 @pytest.mark.parametrize("kind,cbams,bams,spatial", [
@@ -88,6 +88,6 @@ def test_attention_lr_group_holds_exactly_the_attention_modules_parameters(kind)
 
     model = build_model(ModelConfig(backbone="resnet18", attention=kind, embedding_dim=16), 4, load_weights=False)
     expected = {id(p) for m in model.modules() if isinstance(m, (CBAM, BAM)) for p in m.parameters()}
-    opt = build_optimizer(OptimConfig(lr=1e-3, attention_lr_mult=10), model, RetrievalLoss(LossConfig(), 4, 16), 100)
+    opt = build_optimizer(OptimConfig(lr=1e-3, attention_lr_mult=10), model, RetrievalLoss(LossConfig(), 4, 16))
     groups = {g["name"]: g for g in opt.param_groups}
     assert expected and {id(p) for p in groups["attention"]["params"]} == expected

@@ -101,7 +101,7 @@ def test_attention_bam_builds_and_trains_one_step():
     cfg = ModelConfig(backbone="resnet18", attention="bam", embedding_dim=16)
     model = build_model(cfg, num_classes=4, load_weights=False).train()
     loss = RetrievalLoss(LossConfig(name="triplet"), 4, 16)
-    opt = build_optimizer(OptimConfig(lr=1e-3, attention_lr_mult=10), model, loss, proxy_lr_mult=100)
+    opt = build_optimizer(OptimConfig(lr=1e-3, attention_lr_mult=10), model, loss)
     groups = {g["name"]: g for g in opt.param_groups}
     names = {id(p): n for n, p in model.named_parameters()}
     attention = {names[id(p)] for p in groups["attention"]["params"]}
