@@ -22,7 +22,7 @@ from ..losses import RetrievalLoss
 from ..optim import build_optimizer, build_scheduler
 from ..runtime import resolve_device, resolve_precision
 from ..seeding import seed_everything
-from . import distributed as dist_utils
+from .. import parallel
 from .rng import rng_state, set_rng_state
 from .run_dir import WRITTEN, attach_log_file, check_run_dir, prepare_run_dir, recover_run_dir, tensorboard_writer
 
@@ -53,7 +53,7 @@ class Progress:
 class Run:
     """What the training loop reads and updates, built once by ``setup_run``."""
     cfg: Config
-    info: dist_utils.DistInfo
+    info: parallel.DistInfo
     device: torch.device
     dtype: torch.dtype | None  # autocast dtype, None = fp32
     memory_format: torch.memory_format
@@ -201,8 +201,8 @@ def setup_run(cfg: Config | None, resume: str | Path | None = None, overwrite: b
 
     cfg, state = _run_config(cfg, resume, overrides)
     check_run_dir(cfg.train.out_dir, overwrite, resume=state is not None)
-    info = dist_utils.init_distributed(cfg.train.device)
-    device = dist_utils.device_for(info, resolve_device(cfg.train.device))
+    info = parallel.init_distributed(cfg.train.device)
+    device = parallel.device_for(info, resolve_device(cfg.train.device))
     seed_everything(cfg.train.seed + info.rank)
     splits = build_splits(cfg.data)
     loader = build_train_loader(splits["train"], cfg.data, seed=cfg.train.seed, rank=info.rank,
@@ -226,7 +226,7 @@ def setup_run(cfg: Config | None, resume: str | Path | None = None, overwrite: b
               num_classes=num_classes, run_dir=Path(cfg.train.out_dir), final_dir=Path(cfg.train.out_dir))
     if state is not None:
         run.restore(state)
-    dist_utils.broadcast_parameters(loss, info)
+    parallel.broadcast_parameters(loss, info)
     _open_run_dir(run, overwrite, state)
     _log_start(run)
     return run
@@ -249,7 +249,7 @@ def close_run(run: Run, finished: bool) -> None:
         run.log_handler.close()
     if run.writer is not None:
         run.writer.close()
-    dist_utils.shutdown(run.info)
+    parallel.shutdown(run.info)
     if not finished and run.run_dir != run.final_dir and run.run_dir.exists():
         shutil.rmtree(run.run_dir, ignore_errors=True)
         log.warning("the new run stopped before its first epoch; %s is unchanged", run.final_dir)

@@ -18,7 +18,7 @@ from ..errors import TrainingError
 from ..losses import LossOutput
 from ..progress import progress
 from ..runtime import autocast
-from . import distributed as dist_utils
+from .. import parallel
 from .run import Run, close_run, setup_run
 from .run_dir import commit_epoch, replace_with_staging
 
@@ -88,7 +88,7 @@ def train_step(run: Run, images: torch.Tensor, labels: torch.Tensor) -> LossOutp
             "Try a lower optim.lr or train.precision=fp32.")
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(out.total).backward()
-    dist_utils.sync_loss_gradients(run.loss, run.info)
+    parallel.sync_loss_gradients(run.loss, run.info)
     if run.cfg.train.grad_clip > 0:
         run.scaler.unscale_(run.optimizer)
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.train.grad_clip)
@@ -161,10 +161,10 @@ def _write_epoch(run: Run, row: dict, metrics: dict) -> None:
 
 def end_of_epoch(run: Run, stats: dict) -> dict:
     """Evaluate when due, write the run folder (rank 0), keep ranks in step; returns the metrics.csv row."""
-    dist_utils.broadcast_buffers(run.model, run.info)
+    parallel.broadcast_buffers(run.model, run.info)
     metrics = _evaluate_if_due(run)
     row = {"epoch": run.progress.epoch, "step": run.progress.step, **stats, **metrics}
     if run.info.is_main:
         _write_epoch(run, row, metrics)
-    dist_utils.barrier(run.info)
+    parallel.barrier(run.info)
     return row
