@@ -1,6 +1,6 @@
 """Embedding images/s of the project's extraction vs a plain fp32 eval loop, side by side.
 
-Project path: ``retrieval.embed.embed_dataset`` (inference mode, bf16 autocast where the CPU
+Project path: ``retrieval.embed.Embedder.embed_loader`` (inference mode, bf16 autocast where the CPU
 has native bf16 / AMP on CUDA, channels_last, float32 L2-normalised output). Plain loop:
 ``torch.no_grad()``, contiguous tensors, fp32. Same weights (one is a copy of the other),
 same in-memory batches (random tensors, so decoding is not measured); the two loops
@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from retrieval.config import ModelConfig
-from retrieval.embed import embed_dataset
+from retrieval.embed import Embedder
 from retrieval.models import build_model
-from retrieval.runtime import resolve_device, resolve_precision
+from retrieval.runtime import resolve_device
 
 from .common import header, machine_line, write_results
 
@@ -44,20 +44,20 @@ def plain_embed(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.
     return torch.cat(out)
 
 
-def _loops(model: torch.nn.Module, batches, device: torch.device, precision: str) -> dict:
-    """{name: () -> (N, D) embeddings}: the plain fp32 loop and the project's extraction, same weights."""
+def _loops(model: torch.nn.Module, batches, device: torch.device, precision: str) -> tuple[dict, torch.dtype | None]:
+    """({name: () -> (N, D) embeddings}: the plain fp32 loop and the project's extraction, same weights;
+    the project path's autocast dtype)."""
     plain = copy.deepcopy(model).to(device).eval()
-    # Converted once, as a gallery job does; embed_dataset then keeps it channels_last.
-    fast = copy.deepcopy(model).to(device).to(memory_format=torch.channels_last)
-    dtype = resolve_precision(precision, device)
+    # The Embedder places its copy once (device, channels_last), as a gallery job does.
+    fast = Embedder(copy.deepcopy(model), device, precision, channels_last=True)
     return {"plain fp32 eval loop": lambda: plain_embed(plain, batches, device),
-            f"embed_dataset ({dtype or 'fp32'} + channels_last)":
-                lambda: torch.from_numpy(embed_dataset(fast, batches, device, precision, True, progress=False)[0])}
+            f"Embedder ({fast.dtype or 'fp32'} + channels_last)":
+                lambda: torch.from_numpy(fast.embed_loader(batches, progress=False)[0])}, fast.dtype
 
 
 def compare(model: torch.nn.Module, batches, device: torch.device, args) -> dict:
     """Images/s of both loops over ``batches`` in alternating rounds, their ratio and output agreement."""
-    loops = _loops(model, batches, device, args.precision)
+    loops, dtype = _loops(model, batches, device, args.precision)
     outputs = {name: fn() for name, fn in loops.items()}  # warm-up (oneDNN kernel selection, allocator)
     for _ in range(args.warmup - 1):
         for fn in loops.values():
@@ -73,7 +73,7 @@ def compare(model: torch.nn.Module, batches, device: torch.device, args) -> dict
     images = args.rounds * sum(len(x) for x, _ in batches)
     ips = {name: images / t for name, t in times.items()}
     base, fast = outputs.values()
-    return {"images_per_s": ips, "speedup": list(ips.values())[1] / list(ips.values())[0],
+    return {"images_per_s": ips, "speedup": list(ips.values())[1] / list(ips.values())[0], "autocast": str(dtype),
             "min_cosine": float((base * fast).sum(1).min())}
 
 
@@ -92,7 +92,7 @@ def run(args) -> dict:
         models[f"torchvision {args.backbone} (1000 logits)"] = getattr(torchvision.models, args.backbone)(weights=None)
     results = {name: compare(model, batches, device, args) for name, model in models.items()}
     return {"benchmark": "embed_speed", **header(), "args": vars(args), "device": str(device),
-            "autocast": str(resolve_precision(args.precision, device)), "models": results,
+            "autocast": next(iter(results.values()))["autocast"], "models": results,
             "speedup": next(iter(results.values()))["speedup"], "target_speedup": 2.5}
 
 

@@ -83,8 +83,6 @@ def resolve_eval_config(args: argparse.Namespace, state: dict, trained):
         cfg.data.num_workers = args.workers
     if args.batch_size is not None:
         cfg.eval.batch_size = args.batch_size
-    cfg.train.precision = args.precision
-    cfg.train.channels_last = trained.train.channels_last
     return cfg
 
 
@@ -184,6 +182,7 @@ def main(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model
     from ..config import to_dict, to_yaml
     from ..data import build_splits
+    from ..embed import Embedder
     from ..errors import ConfigError
     from ..evaluate import evaluate_splits, evaluate_with_index, evaluate_with_rerank
     from ..files import atomic_write_text, sha256_file
@@ -217,16 +216,17 @@ def main(args: argparse.Namespace) -> int:
         from ..index import check_factory
 
         check_factory(args.index_type, trained.model.embedding_dim, len(splits.get("test") or splits["gallery"]))
+    embedder = Embedder(model, device, args.precision, batch_size=cfg.eval.batch_size, workers=cfg.data.num_workers)
     start = time.perf_counter()
     comparison = rerank = None
     if spec is not None:
-        metrics, rerank = evaluate_with_rerank(model, splits, cfg, device, spec, progress=not args.quiet)
+        metrics, rerank = evaluate_with_rerank(embedder, splits, cfg, spec, progress=not args.quiet)
     elif args.index_type:
         nprobe = 16 if args.nprobe is None else args.nprobe
-        metrics, comparison = evaluate_with_index(model, splits, cfg, device, args.index_type, nprobe,
+        metrics, comparison = evaluate_with_index(embedder, splits, cfg, args.index_type, nprobe,
                                                   progress=not args.quiet)
     else:
-        metrics = evaluate_splits(model, splits, cfg, device, progress=not args.quiet)
+        metrics = evaluate_splits(embedder, splits, cfg, progress=not args.quiet)
     seconds = time.perf_counter() - start
 
     published = published_recall(cfg.data.name)

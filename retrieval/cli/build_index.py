@@ -150,8 +150,8 @@ def _build_distributed(args: argparse.Namespace, embedder, dataset, metadata, so
 
     def embed(start: int, stop: int):
         if dataset is not None:
-            return embedder.embed_dataset(Subset(dataset, range(start, stop)), progress)
-        return embedder.embed(metadata.iloc[start:stop], progress)
+            return embedder.embed_dataset(Subset(dataset, range(start, stop)), progress)[0]
+        return embedder.embed_table(metadata.iloc[start:stop], progress)
 
     return build_distributed_index(embed, metadata, args.out, factory=args.index_type, rank=info.rank,
                                    world_size=info.world_size, checkpoint_sha256=embedder.sha256,
@@ -229,8 +229,8 @@ def _run_local(args: argparse.Namespace, embedder, dataset, metadata, source: st
     if not appending:
         check_factory(factory, embedder.dim, len(metadata))  # before the (long) embedding pass
     progress = not args.quiet
-    embeddings = (embedder.embed_dataset(dataset, progress) if dataset is not None
-                  else embedder.embed(metadata, progress))
+    embeddings = (embedder.embed_dataset(dataset, progress)[0] if dataset is not None
+                  else embedder.embed_table(metadata, progress))
     manifest = build_gallery(embedder, embeddings, metadata, args.out, source, factory=factory,
                              overwrite=args.overwrite, append=args.append, save_embeddings=args.save_embeddings)
     verb = "added" if appending else "indexed"

@@ -275,7 +275,7 @@ def main(args: argparse.Namespace) -> int:
     gallery.check_model(embedder)
     _check_decodable(queries["path"].tolist(), args.workers)
     access = gallery_access(gallery, args.nprobe, args.ef_search) if spec and spec.name != "none" else None
-    embeddings = embedder.embed(queries, progress=not args.quiet)
+    embeddings = embedder.embed_table(queries, progress=not args.quiet)
     if args.eval:
         result, comparison = _evaluate(args, embedder.cfg, queries, gallery, embeddings)
         rerank = _evaluate_rerank(args, embedder.cfg, queries, gallery, embeddings, access, spec) if access else None

@@ -132,7 +132,7 @@ def _evaluate_if_due(run: Run) -> dict:
     due = epoch == cfg.train.epochs or (cfg.train.eval_every > 0 and epoch % cfg.train.eval_every == 0)
     if not (due and run.info.is_main):
         return {}
-    run.progress.metrics = evaluate_splits(run.model, run.splits, cfg, run.device)
+    run.progress.metrics = evaluate_splits(run.embedder, run.splits, cfg)
     return run.progress.metrics
 
 
