@@ -1,10 +1,13 @@
-"""Where a result came from: date, machine, commit and package versions, recorded beside every number."""
+"""Where a result came from: date, machine, commit and package versions, recorded beside every number;
+``write_results`` writes a result's JSON and Markdown (retrieval-benchmark and benchmarks/ alike)."""
 from __future__ import annotations
 
+import json
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .files import atomic_write_text
 from .runtime import machine_info, versions
 
 
@@ -29,3 +32,10 @@ def machine_line(head: dict) -> str:
     m = head["machine"]
     gpu = f", GPU {m['gpu']}" if "gpu" in m else ", no GPU"
     return f"{head['date']}, {m['cpu']} ({m['cores']} cores{gpu}), commit {head['commit']}"
+
+
+def write_results(out: str | Path, name: str, result: dict, markdown: str) -> None:
+    """Write ``name.json`` and ``name.md`` into ``out`` (atomically)."""
+    out = Path(out)
+    atomic_write_text(out / f"{name}.json", json.dumps(result, indent=2, default=str) + "\n")
+    atomic_write_text(out / f"{name}.md", markdown)
