@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ..provenance import header, machine_line, write_results
-from .common import add_checkpoint_arg, add_logging_args, command, new_parser
+from .common import add_checkpoint_arg, add_device_args, add_logging_args, command, new_parser
 
 PUBLISHED_COLUMN = "published (CGD paper)"
 STANDARD_K = {"cub": [1, 2, 4, 8], "cars": [1, 2, 4, 8], "sop": [1, 10, 100, 1000],
@@ -29,8 +29,6 @@ STANDARD_K = {"cub": [1, 2, 4, 8], "cars": [1, 2, 4, 8], "sop": [1, 10, 100, 100
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..runtime import PRECISIONS
-
     parser = new_parser("retrieval-benchmark", "Evaluate a checkpoint on a data set's test protocol (Recall@K, "
                         "MAP@R, R-precision) and print it beside the CGD paper's published Recall@K.",
                         "retrieval-benchmark --checkpoint runs/cub200/best.pt --config configs/cub200.yaml "
@@ -55,9 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="images per forward pass (default: the config's "
                                                        "eval.batch_size)")
     parser.add_argument("--workers", type=int, help="data-loader worker processes (default: data.num_workers)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="auto: bf16 on CPUs with native bf16, AMP on CUDA")
+    add_device_args(parser)
     add_logging_args(parser)
     return parser
 
