@@ -7,8 +7,8 @@ CPU and tensor cores). ``embed`` turns a batch into float32 embeddings, re-norma
 rounding moves norms by ~1e-3); ``embed_loader``, ``embed_dataset`` and ``embed_table`` run it
 over a loader, a dataset or an image table (``retrieval.data.tables``). Training (its
 evaluation and its autocast), the commands, the benchmarks and the service all ask an
-Embedder; a later runtime choice (``torch.compile``, an exported graph) belongs here too, as
-another way ``_forward`` runs the network.
+Embedder. How the forward pass runs — eager, ``torch.compile``, or ONNX Runtime — is the
+Embedder's ``runtime`` / ``compile`` choice (``retrieval.execution``).
 """
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .errors import DataError, RetrievalError
+from .errors import ConfigError, DataError, RetrievalError
 from .progress import progress as progress_bar
 from .runtime import autocast, resolve_precision
+from .execution import CompiledOrEager, OnnxNetwork, check_runtime
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +45,33 @@ class Embedder:
     once, here: the Embedder owns its placement (the training loop's model already has it).
     batch_size, workers: how ``embed_dataset`` / ``embed_table`` load images; transform: what
     ``embed_table`` applies to each decoded image (a checkpoint's test transform).
+    runtime: torch | onnxruntime (CPU, fp32); compile: a ``torch.compile`` backend name
+    ("inductor") or None (``retrieval.execution``; torch runtime only).
     """
 
     def __init__(self, model: torch.nn.Module, device: torch.device | str = "cpu", precision: str = "auto",
                  channels_last: bool = True, batch_size: int = 64, workers: int = 2, transform=None,
-                 flag: str = "--precision"):
+                 flag: str = "--precision", runtime: str = "torch", compile: str | None = None):
         self.device = torch.device(device)
-        self.dtype = resolve_precision(precision, self.device, flag=flag)
+        check_runtime(runtime, self.device, precision)
+        if runtime == "onnxruntime" and compile:
+            raise ConfigError("--compile applies to --runtime torch; ONNX Runtime optimises its own graph")
+        self.runtime = runtime
+        self.dtype = resolve_precision(precision, self.device, flag=flag) if runtime == "torch" else None
+        channels_last = channels_last and runtime == "torch"
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.batch_size, self.workers, self.transform = batch_size, workers, transform
+        self._run = self.model
+        if runtime == "onnxruntime":
+            self._run = OnnxNetwork(self.model)
+        elif compile:
+            self._run = CompiledOrEager(self.model, backend=compile, what="the embedding network")
 
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         with torch.inference_mode(), autocast(self.device, self.dtype):
-            return self.model(images)
+            return self._run(images)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) → embeddings (B, D) float32 L2-normalised on the CPU; the model must be in eval mode."""

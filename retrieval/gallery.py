@@ -29,11 +29,14 @@ class CheckpointEmbedder(Embedder):
     """A checkpoint's network in eval mode as an ``Embedder``, with its config, file, sha256 and test transform."""
 
     def __init__(self, model: torch.nn.Module, cfg: Config, checkpoint: Path, sha256: str, device: torch.device,
-                 batch_size: int, workers: int = 2, precision: str = "auto"):
+                 batch_size: int, workers: int = 2, precision: str = "auto", runtime: str = "torch",
+                 compile: bool = False):
         from .data import build_transforms
+        from .execution import COMPILE_BACKEND
 
         super().__init__(model.eval(), device, precision, batch_size=batch_size, workers=workers,
-                         transform=build_transforms(cfg.data, train=False))
+                         transform=build_transforms(cfg.data, train=False), runtime=runtime,
+                         compile=COMPILE_BACKEND if compile else None)
         self.cfg, self.checkpoint, self.sha256 = cfg, Path(checkpoint), sha256
 
     @property
@@ -47,8 +50,12 @@ class CheckpointEmbedder(Embedder):
 
 
 def open_embedder(checkpoint: str | Path, device: str = "auto", batch_size: int | None = None, workers: int = 2,
-                  precision: str = "auto", device_flag: str = "--device") -> CheckpointEmbedder:
-    """Load ``checkpoint`` (weights_only) on ``device``; batch_size defaults to the checkpoint's eval.batch_size."""
+                  precision: str = "auto", device_flag: str = "--device", runtime: str = "torch",
+                  compile: bool = False) -> CheckpointEmbedder:
+    """Load ``checkpoint`` (weights_only) on ``device``; batch_size defaults to the checkpoint's eval.batch_size.
+
+    runtime, compile: how the network runs (``retrieval.execution``: torch or onnxruntime; torch.compile).
+    """
     from .checkpoint import load_model
     from .files import sha256_file
     from .runtime import resolve_device
@@ -56,7 +63,7 @@ def open_embedder(checkpoint: str | Path, device: str = "auto", batch_size: int 
     dev = resolve_device(device, flag=device_flag)
     model, cfg, _ = load_model(checkpoint, dev)
     return CheckpointEmbedder(model, cfg, Path(checkpoint), sha256_file(checkpoint), dev,
-                              batch_size or cfg.eval.batch_size, workers, precision)
+                              batch_size or cfg.eval.batch_size, workers, precision, runtime, compile)
 
 
 @dataclass

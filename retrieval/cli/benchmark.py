@@ -218,7 +218,7 @@ def _result(args: argparse.Namespace, cfg, trained, state: dict, splits: dict, s
     result = {
         "benchmark": "recall", **header(), "command": args.command_line,
         "checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
-        "checkpoint_epoch": state.get("epoch"), "model": _describe_model(trained), "precision": args.precision,
+        "checkpoint_epoch": state.get("epoch"), "model": _describe_model(trained), "precision": args.precision, "runtime": args.runtime, "compile": args.compile,
         "dataset": {"name": cfg.data.name, "root": cfg.data.root, "crop": cfg.data.crop,
                     "image_size": cfg.data.image_size, "protocol": _protocol(splits),
                     "train_classes": cfg.data.train_classes, "test_classes": cfg.data.test_classes},
@@ -239,6 +239,7 @@ def main(args: argparse.Namespace) -> int:
     from ..config import to_yaml
     from ..data import build_splits
     from ..embed import Embedder
+    from ..execution import COMPILE_BACKEND
     from ..runtime import resolve_device
 
     out = _check_args(args)
@@ -254,7 +255,8 @@ def main(args: argparse.Namespace) -> int:
         from ..index import check_factory
 
         check_factory(args.index_type, trained.model.embedding_dim, len(splits.get("test") or splits["gallery"]))
-    embedder = Embedder(model, device, args.precision, batch_size=cfg.eval.batch_size, workers=cfg.data.num_workers)
+    embedder = Embedder(model, device, args.precision, batch_size=cfg.eval.batch_size, workers=cfg.data.num_workers,
+                        runtime=args.runtime, compile=COMPILE_BACKEND if args.compile else None)
     start = time.perf_counter()
     metrics, comparison, rerank = _evaluate(args, embedder, splits, cfg, spec)
     result = _result(args, cfg, trained, state, splits, time.perf_counter() - start, metrics, comparison, rerank)

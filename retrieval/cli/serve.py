@@ -88,7 +88,7 @@ def settings_from(args: argparse.Namespace):
         raise ConfigError(f"--host {args.host}: binding beyond this machine needs --token-file (anyone who can "
                           "reach the port could add or remove gallery images)")
     return Settings(checkpoint=Path(args.checkpoint), index=Path(args.index), device=args.device,
-                    precision=args.precision, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+                    precision=args.precision, runtime=args.runtime, compile=args.compile, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                     max_upload_bytes=int(args.max_upload_mb * (1 << 20)), max_k=args.max_k, token=token,
                     host=args.host, allowed_hosts=tuple(args.allowed_hosts), cors_origins=tuple(args.cors_origin or ()),
                     expose_paths=args.expose_paths, body_timeout_s=args.body_timeout, rerank=args.rerank)

@@ -24,6 +24,7 @@ from ..optim import build_optimizer, build_scheduler
 from ..runtime import resolve_device
 from ..seeding import seed_everything
 from .. import parallel
+from ..execution import CompiledOrEager
 from .rng import rng_state, set_rng_state
 from .run_dir import WRITTEN, attach_log_file, check_run_dir, prepare_run_dir, recover_run_dir, tensorboard_writer
 
@@ -71,6 +72,7 @@ class Run:
     progress: Progress = field(default_factory=Progress)
     writer: Any = None  # TensorBoard SummaryWriter (rank 0, when installed)
     log_handler: logging.Handler | None = None
+    forward: Any = None  # calls ``net``: the module itself, or its torch.compile (train.compile)
 
     @property
     def device(self) -> torch.device:
@@ -230,7 +232,8 @@ def setup_run(cfg: Config | None, resume: str | Path | None = None, overwrite: b
     net = TrainForward(model)
     if info.enabled:
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    run = Run(cfg=cfg, info=info, embedder=embedder, splits=splits,
+    forward = CompiledOrEager(net, what="the training network") if cfg.train.compile else net
+    run = Run(cfg=cfg, info=info, embedder=embedder, splits=splits, forward=forward,
               loader=loader, model=model, net=net, loss=loss, optimizer=optimizer,
               scheduler=build_scheduler(cfg.optim, optimizer, steps, cfg.train.epochs),
               scaler=torch.amp.GradScaler(device.type, enabled=embedder.dtype == torch.float16), steps_per_epoch=steps,

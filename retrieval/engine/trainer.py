@@ -78,7 +78,7 @@ def train_step(run: Run, images: torch.Tensor, labels: torch.Tensor) -> LossOutp
     images = images.to(run.device, non_blocking=True, memory_format=run.memory_format)
     labels = labels.to(run.device, non_blocking=True)
     with autocast(run.device, run.dtype):
-        embeddings, logits = run.net(images)
+        embeddings, logits = run.forward(images)
     out = run.loss(embeddings, logits, labels)
     if not torch.isfinite(out.total):
         p = run.progress

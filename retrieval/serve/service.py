@@ -68,6 +68,8 @@ class Settings:
     index: Path
     device: str = "auto"
     precision: str = "auto"
+    runtime: str = "torch"  # what runs the network: torch | onnxruntime (retrieval.execution)
+    compile: bool = False  # torch.compile the network (torch runtime)
     max_batch: int = 32  # images per forward pass
     # 0: a forward pass takes every request already queued and starts at once, so a lone query waits
     # for nothing and, under load, requests that arrived during one pass share the next.
@@ -95,7 +97,10 @@ class RetrievalService:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.embedder: CheckpointEmbedder = open_embedder(settings.checkpoint, settings.device, workers=0,
-                                                precision=settings.precision)
+                                                precision=settings.precision, runtime=settings.runtime,
+                                                compile=settings.compile)
+        if settings.runtime != "torch" or settings.compile:
+            self._warm_up()  # export / compile now, not on a user's first request
         self._stamp: tuple | None = None
         self.gallery: Gallery = self._load()
         self.uploads = settings.index.parent / f"{settings.index.name}.uploads"
@@ -111,6 +116,11 @@ class RetrievalService:
 
     def close(self) -> None:
         self.batcher.close()
+
+    def _warm_up(self) -> None:
+        size = int(self.embedder.cfg.data.image_size)
+        for batch in sorted({1, self.settings.max_batch}):  # compiled graphs may specialise on the batch size
+            self.embedder.embed(torch.zeros(batch, 3, size, size))
 
     def _forward(self, images: torch.Tensor) -> np.ndarray:
         return self.embedder.embed(images).numpy()
