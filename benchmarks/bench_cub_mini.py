@@ -84,12 +84,16 @@ SHOWN = ["recall@1", "recall@8", "map@r", "mean_norm", "pq16_recall@1", "pq64_re
          "untrained_recall@1", "metric_loss_first", "metric_loss_last", "span_stage3", "span_stage4", "train_s"]
 
 
-def _embed_test(model, cfg: Config, test) -> tuple[np.ndarray, np.ndarray]:
-    from retrieval.data import build_eval_loader
-    from retrieval.embed import embed_dataset
+def _embedder(model, cfg: Config):
+    """How the trainer embeds: on the CPU with the config's precision and memory format, no loader workers."""
+    from retrieval.embed import Embedder
 
-    loader = build_eval_loader(test, cfg.eval.batch_size, 0)
-    return embed_dataset(model, loader, "cpu", cfg.train.precision, cfg.train.channels_last, progress=False)
+    return Embedder(model, "cpu", cfg.train.precision, cfg.train.channels_last, cfg.eval.batch_size, 0,
+                    flag="train.precision")
+
+
+def _embed_test(model, cfg: Config, test) -> tuple[np.ndarray, np.ndarray]:
+    return _embedder(model, cfg).embed_dataset(test, progress=False)
 
 
 def attention_spans(model, test, count: int = 64) -> list[float]:
@@ -124,9 +128,7 @@ def untrained_recall(cfg: Config, splits) -> float:
     seed_everything(cfg.train.seed)  # the seed training starts from
     num_classes = splits["train"].num_classes if cfg.loss.cls_weight > 0 else 0
     model = build_model(cfg.model, num_classes=num_classes)
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    return evaluate_splits(model.to(memory_format=memory_format).eval(), {"test": splits["test"]}, cfg,
-                           torch.device("cpu"), progress=False)["recall@1"]
+    return evaluate_splits(_embedder(model.eval(), cfg), {"test": splits["test"]}, cfg, progress=False)["recall@1"]
 
 
 def run_model(key: str, seed: int, base: Path, overrides: list[str], out: Path) -> dict:

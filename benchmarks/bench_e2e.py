@@ -1,7 +1,7 @@
 """One image → top-10 end to end vs the model's forward alone, median over repeats.
 
 End to end is the project's query path for one image file, with the model and the index
-already loaded (as a service holds them): ``table_from_paths`` → ``embed_table`` (data loader,
+already loaded (as a service holds them): ``table_from_paths`` → ``Embedder.embed_table`` (data loader,
 decode, test transform, inference-mode forward with bf16/channels_last where the CPU has
 native bf16, L2 normalisation) → ``retrieval.index.search`` top-10 on an exact ``Flat``
 index of N random unit vectors (an exact search costs the same whatever the vectors are).
@@ -33,10 +33,10 @@ from PIL import Image
 from retrieval.config import DataConfig, ModelConfig
 from retrieval.data import build_transforms, load_image
 from retrieval.data import table_from_paths
-from retrieval.embed import embed_table
+from retrieval.embed import Embedder
 from retrieval.index import create_index, search
 from retrieval.models import build_model
-from retrieval.runtime import autocast, resolve_device, resolve_precision
+from retrieval.runtime import autocast, resolve_device
 
 from .common import header, machine_line, write_results
 
@@ -66,13 +66,13 @@ def _median_ms(times: list[float]) -> float:
 
 def run(args) -> dict:
     device = resolve_device(args.device)
-    dtype = resolve_precision(args.precision, device)
     torch.manual_seed(0)
     cfg = ModelConfig(backbone=args.backbone, pretrained="none", embedding_dim=args.dim, descriptors=args.descriptors,
                       attention="none" if args.no_cbam else "cbam")
-    model = build_model(cfg, num_classes=0, load_weights=False).to(device).eval()
-    model.to(memory_format=torch.channels_last)  # as embed_dataset runs it (converted once, kept)
     transform = build_transforms(DataConfig(image_size=args.size), train=False)
+    embedder = Embedder(build_model(cfg, num_classes=0, load_weights=False).eval(), device, args.precision,
+                        batch_size=1, workers=0, transform=transform)  # placed once: device, channels_last
+    model, dtype = embedder.model, embedder.dtype
     gallery = random_gallery(args.gallery, args.dim)
     index = create_index("Flat", gallery)
     index.add(gallery)
@@ -83,8 +83,7 @@ def run(args) -> dict:
 
         def end_to_end():
             table = table_from_paths([path])
-            emb = embed_table(model, table, transform, device, batch_size=1, num_workers=0,
-                              precision=args.precision, channels_last=True, progress=False)
+            emb = embedder.embed_table(table, progress=False)
             return search(index, emb, K)
 
         image = transform(load_image(path)).unsqueeze(0).to(device).contiguous(memory_format=torch.channels_last)

@@ -1,6 +1,6 @@
 """Embedding images/s of the project's extraction vs a plain fp32 eval loop, side by side.
 
-Project path: ``retrieval.embed.embed_dataset`` (inference mode, bf16 autocast where the CPU
+Project path: ``retrieval.embed.Embedder.embed_loader`` (inference mode, bf16 autocast where the CPU
 has native bf16 / AMP on CUDA, channels_last, float32 L2-normalised output). Plain loop:
 ``torch.no_grad()``, contiguous tensors, fp32. Same weights (one is a copy of the other),
 same in-memory batches (random tensors, so decoding is not measured); the two loops
@@ -11,6 +11,10 @@ ResNet-50 at 224 px with bf16 + channels_last; ``--plain-torchvision`` times tha
 too). Full size, about 1.5 minutes on 2 cores (2.5 with ``--plain-torchvision``)::
 
     python -m benchmarks.bench_embed_speed --plain-torchvision
+    python -m benchmarks.bench_embed_speed --compile --onnxruntime   # + torch.compile and ONNX Runtime rows
+
+The first (untimed) pass of each loop is reported apart ("first pass s"): for torch.compile it
+includes the compilation, for ONNX Runtime the export.
 
 Smoke size::
 
@@ -26,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from retrieval.config import ModelConfig
-from retrieval.embed import embed_dataset
+from retrieval.embed import Embedder
 from retrieval.models import build_model
-from retrieval.runtime import resolve_device, resolve_precision
+from retrieval.runtime import resolve_device
 
 from .common import header, machine_line, write_results
 
@@ -44,21 +48,33 @@ def plain_embed(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.
     return torch.cat(out)
 
 
-def _loops(model: torch.nn.Module, batches, device: torch.device, precision: str) -> dict:
-    """{name: () -> (N, D) embeddings}: the plain fp32 loop and the project's extraction, same weights."""
+def _loops(model: torch.nn.Module, batches, device: torch.device, args) -> tuple[dict, torch.dtype | None]:
+    """({name: () -> (N, D) embeddings}: the plain fp32 loop first, then the project's extraction (and with
+    --compile / --onnxruntime its other runtimes), same weights; the project path's autocast dtype)."""
     plain = copy.deepcopy(model).to(device).eval()
-    # Converted once, as a gallery job does; embed_dataset then keeps it channels_last.
-    fast = copy.deepcopy(model).to(device).to(memory_format=torch.channels_last)
-    dtype = resolve_precision(precision, device)
-    return {"plain fp32 eval loop": lambda: plain_embed(plain, batches, device),
-            f"embed_dataset ({dtype or 'fp32'} + channels_last)":
-                lambda: torch.from_numpy(embed_dataset(fast, batches, device, precision, True, progress=False)[0])}
+    # The Embedder places its copy once (device, channels_last), as a gallery job does.
+    fast = Embedder(copy.deepcopy(model), device, args.precision, channels_last=True)
+    loops = {"plain fp32 eval loop": lambda: plain_embed(plain, batches, device),
+             f"Embedder ({fast.dtype or 'fp32'} + channels_last)": fast}
+    if args.compile:
+        loops[f"Embedder ({fast.dtype or 'fp32'} + channels_last) + torch.compile"] = Embedder(
+            copy.deepcopy(model), device, args.precision, channels_last=True, compile="inductor")
+    if args.onnxruntime:
+        loops["Embedder, ONNX Runtime (fp32)"] = Embedder(copy.deepcopy(model), device, "fp32", runtime="onnxruntime")
+    for name, loop in loops.items():
+        if isinstance(loop, Embedder):
+            loops[name] = (lambda e: lambda: torch.from_numpy(e.embed_loader(batches, progress=False)[0]))(loop)
+    return loops, fast.dtype
 
 
 def compare(model: torch.nn.Module, batches, device: torch.device, args) -> dict:
     """Images/s of both loops over ``batches`` in alternating rounds, their ratio and output agreement."""
-    loops = _loops(model, batches, device, args.precision)
-    outputs = {name: fn() for name, fn in loops.items()}  # warm-up (oneDNN kernel selection, allocator)
+    loops, dtype = _loops(model, batches, device, args)
+    outputs, first = {}, {}
+    for name, fn in loops.items():  # warm-up (oneDNN kernel selection, allocator; compilation, export)
+        start = time.perf_counter()
+        outputs[name] = fn()
+        first[name] = time.perf_counter() - start
     for _ in range(args.warmup - 1):
         for fn in loops.values():
             fn()
@@ -72,9 +88,12 @@ def compare(model: torch.nn.Module, batches, device: torch.device, args) -> dict
             times[name] += time.perf_counter() - start
     images = args.rounds * sum(len(x) for x, _ in batches)
     ips = {name: images / t for name, t in times.items()}
-    base, fast = outputs.values()
-    return {"images_per_s": ips, "speedup": list(ips.values())[1] / list(ips.values())[0],
-            "min_cosine": float((base * fast).sum(1).min())}
+    base = next(iter(outputs.values()))
+    plain_ips = next(iter(ips.values()))
+    return {"images_per_s": ips, "speedup": list(ips.values())[1] / plain_ips, "autocast": str(dtype),
+            "min_cosine": float((base * list(outputs.values())[1]).sum(1).min()),
+            "speedups": {name: v / plain_ips for name, v in ips.items()}, "first_pass_s": first,
+            "min_cosines": {name: float((base * out).sum(1).min()) for name, out in outputs.items()}}
 
 
 def run(args) -> dict:
@@ -92,7 +111,7 @@ def run(args) -> dict:
         models[f"torchvision {args.backbone} (1000 logits)"] = getattr(torchvision.models, args.backbone)(weights=None)
     results = {name: compare(model, batches, device, args) for name, model in models.items()}
     return {"benchmark": "embed_speed", **header(), "args": vars(args), "device": str(device),
-            "autocast": str(resolve_precision(args.precision, device)), "models": results,
+            "autocast": next(iter(results.values()))["autocast"], "models": results,
             "speedup": next(iter(results.values()))["speedup"], "target_speedup": 2.5}
 
 
@@ -100,11 +119,13 @@ def markdown(res: dict) -> str:
     a = res["args"]
     lines = [f"Embedding speed ({a['size']} px, batch {a['batch']}, {a['rounds']} rounds × {a['steps']} batches, "
              f"in-memory tensors); {machine_line(res)}", "",
-             "| model | loop | images/s | speed-up | min cosine to fp32 |", "| --- | --- | --- | --- | --- |"]
+             "| model | loop | images/s | speed-up | min cosine to fp32 | first pass s |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for model, r in res["models"].items():
-        base, fast = r["images_per_s"].items()
-        lines.append(f"| {model} | {base[0]} | {base[1]:.1f} | 1.00× | |")
-        lines.append(f"| {model} | {fast[0]} | {fast[1]:.1f} | {r['speedup']:.2f}× | {r['min_cosine']:.4f} |")
+        for i, (name, ips) in enumerate(r["images_per_s"].items()):
+            cosine = f"{r['min_cosines'][name]:.4f}" if i else ""
+            lines.append(f"| {model} | {name} | {ips:.1f} | {r['speedups'][name]:.2f}× | {cosine} | "
+                         f"{r['first_pass_s'][name]:.1f} |")
     lines += ["", f"Project model speed-up {res['speedup']:.2f}× (target ≥ {res['target_speedup']}×).", ""]
     return "\n".join(lines)
 
@@ -118,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--descriptors", default="SG")
     p.add_argument("--no-cbam", action="store_true")
     p.add_argument("--plain-torchvision", action="store_true", help="also time torchvision's network (the reference)")
+    p.add_argument("--compile", action="store_true", help="also time the Embedder with torch.compile (inductor)")
+    p.add_argument("--onnxruntime", action="store_true", help="also time the Embedder with --runtime onnxruntime")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="the project path's precision (auto: bf16 on CPUs with native bf16, AMP on CUDA)")
     p.add_argument("--steps", type=int, default=2, help="batches per round (distinct tensors)")

@@ -132,8 +132,8 @@ def embeddings_from_checkpoint(args) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
     from retrieval.checkpoint import load_model
     from retrieval.config import load_config
-    from retrieval.data import build_eval_loader, build_splits
-    from retrieval.embed import embed_dataset
+    from retrieval.data import build_splits
+    from retrieval.embed import Embedder
     from retrieval.runtime import resolve_device
 
     device = resolve_device(args.device)
@@ -151,11 +151,11 @@ def embeddings_from_checkpoint(args) -> tuple[np.ndarray, np.ndarray, np.ndarray
     splits = build_splits(cfg.data)
     if "test" not in splits:
         raise SystemExit("bench_rerank: the data set has a query/gallery protocol; this benchmark runs leave-one-out")
+    embedder = Embedder(model, device, cfg.train.precision, batch_size=cfg.eval.batch_size,
+                        workers=cfg.data.num_workers, flag="train.precision")
     out = []
     for name in ("val", "test"):
-        loader = build_eval_loader(splits[name], cfg.eval.batch_size, cfg.data.num_workers)
-        out += list(embed_dataset(model, loader, device, cfg.train.precision, trained.train.channels_last,
-                                  progress=False))
+        out += list(embedder.embed_dataset(splits[name], progress=False))
     return (*out, f"{args.checkpoint} on {cfg.data.name} ({cfg.data.root}), {cfg.data.image_size} px, "
             f"{cfg.data.val_classes} validation classes")
 

@@ -47,10 +47,8 @@ from PIL import Image
 from retrieval.checkpoint import save_checkpoint
 from retrieval.config import Config, to_dict
 from retrieval.data import table_from_folder
-from retrieval.embed import forward_embeddings
 from retrieval.gallery import build_gallery, open_embedder
 from retrieval.models import build_model
-from retrieval.runtime import resolve_precision
 
 from .common import header, machine_line, write_results
 
@@ -104,10 +102,8 @@ def search_once(client: httpx.Client, url: str, data: bytes) -> float:
     return elapsed
 
 
-def latency(url: str, embedder, queries: list[bytes], repeats: int, dtype) -> dict:
+def latency(url: str, embedder, queries: list[bytes], repeats: int) -> dict:
     """HTTP one image → top-10, alternating with the forward pass alone on the same image."""
-    fmt = torch.channels_last if embedder.cfg.train.channels_last else torch.contiguous_format
-    model = embedder.model.to(memory_format=fmt).eval()
     http, forward = [], []
     with httpx.Client(timeout=60) as client:
         for i in range(repeats + 3):
@@ -115,7 +111,7 @@ def latency(url: str, embedder, queries: list[bytes], repeats: int, dtype) -> di
             tensor = embedder.transform(Image.open(io.BytesIO(data)).convert("RGB"))[None]
             h = search_once(client, url, data)
             start = time.perf_counter()
-            forward_embeddings(model, tensor, embedder.device, dtype, fmt)
+            embedder.embed(tensor)
             f = time.perf_counter() - start
             if i >= 3:  # warm-up
                 http.append(h)
@@ -127,9 +123,8 @@ def latency(url: str, embedder, queries: list[bytes], repeats: int, dtype) -> di
     return out
 
 
-def batching_ceiling(embedder, queries: list[bytes], batch: int, dtype, repeats: int = 5) -> float:
+def batching_ceiling(embedder, queries: list[bytes], batch: int, repeats: int = 5) -> float:
     """Images/s of the forward pass at ``batch`` over images/s at batch 1: the most micro-batching can give here."""
-    fmt = torch.channels_last if embedder.cfg.train.channels_last else torch.contiguous_format
     tensors = torch.stack([embedder.transform(Image.open(io.BytesIO(q)).convert("RGB")) for q in queries[:batch]])
     per_image = {}
     for size in (1, batch):
@@ -137,7 +132,7 @@ def batching_ceiling(embedder, queries: list[bytes], batch: int, dtype, repeats:
         for _ in range(repeats):
             start = time.perf_counter()
             for i in range(0, batch, size):
-                forward_embeddings(embedder.model, tensors[i:i + size], embedder.device, dtype, fmt)
+                embedder.embed(tensors[i:i + size])
             times.append(time.perf_counter() - start)
         per_image[size] = statistics.median(times) / batch
     return per_image[1] / per_image[batch]
@@ -278,15 +273,15 @@ def main(argv=None) -> int:
     checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint(work / "untrained.pt", args.backbone,
                                                                                   args.size, args.dim)
     embedder = open_embedder(checkpoint, "cpu", workers=0, precision=args.precision)
-    build_gallery(embedder, embedder.embed(table), table, work / "index", source="bench_serve")
+    build_gallery(embedder, embedder.embed_table(table), table, work / "index", source="bench_serve")
     queries = [p.read_bytes() for p in photos]  # not in the gallery when there are more photos than it holds
-    dtype = resolve_precision(args.precision, embedder.device)
+    dtype = embedder.dtype
 
     proc, url = start_server(checkpoint, work / "index", args.threads, args.precision)
     try:
         print(f"server at {url}, {len(paths)} images, {embedder.cfg.model.backbone} at {embedder.cfg.data.image_size} "
               f"px, {embedder.dim}-d, precision {dtype or 'fp32'}, {args.threads} threads", flush=True)
-        lat = latency(url, embedder, queries, args.requests, dtype)
+        lat = latency(url, embedder, queries, args.requests)
         print(f"latency: HTTP p50 {lat['http_p50_ms']:.1f} ms p99 {lat['http_p99_ms']:.1f} ms; forward p50 "
               f"{lat['forward_p50_ms']:.1f} ms p99 {lat['forward_p99_ms']:.1f} ms; ratio p50 {lat['ratio_p50']:.2f} "
               f"p99 {lat['ratio_p99']:.2f}", flush=True)
@@ -298,7 +293,7 @@ def main(argv=None) -> int:
                 errors += err
                 print(f"throughput {clients} client(s): {rate:.2f} req/s ({err} errors)", flush=True)
         stats_before = httpx.get(url + "/stats").json()
-        ceiling = batching_ceiling(embedder, queries, args.clients, dtype)
+        ceiling = batching_ceiling(embedder, queries, args.clients)
         gain = statistics.median(phases[args.clients]) / statistics.median(phases[1])
         writes = writes_under_load(url, queries, args.adds)
         print(f"writes: {writes}", flush=True)

@@ -18,7 +18,8 @@ from retrieval.config import LossConfig, ModelConfig, OptimConfig
 from retrieval.losses import RetrievalLoss
 from retrieval.models import build_model
 from retrieval.optim import build_optimizer
-from retrieval.runtime import autocast, resolve_device, resolve_precision
+from retrieval.embed import Embedder
+from retrieval.runtime import autocast, resolve_device
 
 from .common import header, machine_line, write_results
 
@@ -34,27 +35,27 @@ def _step_fn(model, loss_fn, opt, images, labels, dtype, device):
     return step
 
 
-def _setup(args, channels_last: bool, dtype, device):
+def _setup(args, precision: str, channels_last: bool, device):
+    """(one training step, its autocast dtype): the model placed as ``setup_run`` places it (an Embedder)."""
     torch.manual_seed(0)
     cfg = ModelConfig(backbone=args.backbone, embedding_dim=args.dim, descriptors=args.descriptors,
                       attention="none" if args.no_cbam else "cbam")
     classes = args.batch // 4
-    model = build_model(cfg, num_classes=classes).to(device).train()
+    placed = Embedder(build_model(cfg, num_classes=classes).train(), device, precision, channels_last,
+                      flag="train.precision")
     loss_fn = RetrievalLoss(LossConfig(), classes, args.dim)
-    opt = build_optimizer(OptimConfig(), model, loss_fn)
-    images = torch.randn(args.batch, 3, args.size, args.size, device=device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
+    opt = build_optimizer(OptimConfig(), placed.model, loss_fn)
+    images = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(
+        memory_format=placed.memory_format)
     labels = torch.arange(classes, device=device).repeat_interleave(4)
-    return _step_fn(model, loss_fn, opt, images, labels, dtype, device)
+    return _step_fn(placed.model, loss_fn, opt, images, labels, placed.dtype, device), placed.dtype
 
 
 def run(args) -> dict:
     device = resolve_device(args.device)
-    fast_dtype = resolve_precision("auto", device)
-    loops = {"plain fp32": _setup(args, False, None, device),
-             f"project loop ({fast_dtype or 'fp32'} + channels_last)": _setup(args, True, fast_dtype, device)}
+    plain, _ = _setup(args, "fp32", False, device)
+    fast, fast_dtype = _setup(args, "auto", True, device)
+    loops = {"plain fp32": plain, f"project loop ({fast_dtype or 'fp32'} + channels_last)": fast}
     times = {name: 0.0 for name in loops}
     for step in loops.values():  # warm-up (allocator, oneDNN kernel selection)
         for _ in range(args.warmup):

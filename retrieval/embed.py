@@ -1,10 +1,14 @@
-"""Batched embedding extraction.
+"""How a network embeds images: ``Embedder``, the one owner of device, dtype and memory format.
 
-``embed_dataset`` runs a model over a loader in inference mode with the fast path for the
-device: bf16 autocast + channels_last on CPUs with native bf16 (about 2× for ResNets on
-AVX-512 BF16 / AMX), AMP on CUDA; the output is float32 and re-normalised (bf16 rounding
-moves norms by ~1e-3). ``embed_table`` embeds the images of an image table
-(``retrieval.data.tables``).
+An ``Embedder`` holds a network with the device it runs on, its autocast dtype (the precision
+choice resolved once, here: bf16 autocast on CPUs with native bf16, about 2× for ResNets on
+AVX-512 BF16 / AMX; AMP on CUDA) and its memory format (channels_last: faster convolutions on
+CPU and tensor cores). ``embed`` turns a batch into float32 embeddings, re-normalised (bf16
+rounding moves norms by ~1e-3); ``embed_loader``, ``embed_dataset`` and ``embed_table`` run it
+over a loader, a dataset or an image table (``retrieval.data.tables``). Training (its
+evaluation and its autocast), the commands, the benchmarks and the service all ask an
+Embedder. How the forward pass runs — eager, ``torch.compile``, or ONNX Runtime — is the
+Embedder's ``runtime`` / ``compile`` choice (``retrieval.execution``).
 """
 from __future__ import annotations
 
@@ -15,16 +19,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .errors import DataError, RetrievalError
-from .runtime import autocast, resolve_precision
+from .errors import ConfigError, DataError, RetrievalError
 from .progress import progress as progress_bar
+from .runtime import autocast, resolve_precision
+from .execution import CompiledOrEager, OnnxNetwork, check_runtime
 
 log = logging.getLogger(__name__)
-
-
-def _convs_channels_last(model: torch.nn.Module) -> bool:
-    weights = [p for p in model.parameters() if p.dim() == 4 and p.shape[-1] > 1]
-    return bool(weights) and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
 
 
 def _unwrap_worker_error(err: RetrievalError) -> RetrievalError:
@@ -37,57 +37,79 @@ def _unwrap_worker_error(err: RetrievalError) -> RetrievalError:
     return type(err)(last.split(f"{name}: ", 1)[-1])
 
 
-def forward_embeddings(model: torch.nn.Module, images: torch.Tensor, device: torch.device,
-                       dtype: torch.dtype | None, memory_format: torch.memory_format) -> torch.Tensor:
-    """images (B, 3, H, W) → embeddings (B, D) float32 L2-normalised on the CPU; the model must be in eval mode."""
-    images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-    with torch.inference_mode(), autocast(device, dtype):
-        out = model(images)
-    return F.normalize(out.float(), dim=1).cpu()
+class Embedder:
+    """A network placed on ``device`` in ``memory_format``, run under autocast ``dtype`` (None = fp32).
 
-
-def embed_dataset(model: torch.nn.Module, loader, device: torch.device | str, precision: str = "auto",
-                  channels_last: bool = True, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Embed every batch of ``loader`` (yielding (images (B, 3, H, W), labels (B,))).
-
-    Returns (embeddings (N, D) float32 L2-normalised, labels (N,) int64) in loader order. The
-    model's train/eval mode and memory format are restored afterwards (the training loop
-    calls this between epochs).
+    precision: auto | fp32 | bf16 | fp16 (``runtime.PRECISIONS``); a choice this device cannot
+    run is a ConfigError naming ``flag``. The network is moved to the device and memory format
+    once, here: the Embedder owns its placement (the training loop's model already has it).
+    batch_size, workers: how ``embed_dataset`` / ``embed_table`` load images; transform: what
+    ``embed_table`` applies to each decoded image (a checkpoint's test transform).
+    runtime: torch | onnxruntime (CPU, fp32); compile: a ``torch.compile`` backend name
+    ("inductor") or None (``retrieval.execution``; torch runtime only).
     """
-    device = torch.device(device)
-    dtype = resolve_precision(precision, device)
-    was_training = model.training
-    convert = channels_last and not _convs_channels_last(model)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    if convert:
-        model.to(memory_format=torch.channels_last)
-    model.eval()
-    total = len(loader.dataset) if hasattr(loader, "dataset") else None
-    chunks, labels = [], []
-    try:
-        with torch.inference_mode(), progress_bar(total=total, desc="embed", unit="img", disable=not progress,
-                                          leave=False) as bar:
-            for images, batch_labels in loader:
-                chunks.append(forward_embeddings(model, images, device, dtype, memory_format))
-                labels.append(torch.as_tensor(batch_labels, dtype=torch.int64).reshape(-1))
-                bar.update(len(images))
-    except RetrievalError as err:
-        raise _unwrap_worker_error(err) from None
-    finally:
-        model.train(was_training)
-        if convert:
-            model.to(memory_format=torch.contiguous_format)
-    if not chunks:
-        raise DataError("embed_dataset: the loader yielded no images")
-    return torch.cat(chunks).numpy(), torch.cat(labels).numpy()
 
+    def __init__(self, model: torch.nn.Module, device: torch.device | str = "cpu", precision: str = "auto",
+                 channels_last: bool = True, batch_size: int = 64, workers: int = 2, transform=None,
+                 flag: str = "--precision", runtime: str = "torch", compile: str | None = None):
+        self.device = torch.device(device)
+        check_runtime(runtime, self.device, precision)
+        if runtime == "onnxruntime" and compile:
+            raise ConfigError("--compile applies to --runtime torch; ONNX Runtime optimises its own graph")
+        self.runtime = runtime
+        self.dtype = resolve_precision(precision, self.device, flag=flag) if runtime == "torch" else None
+        channels_last = channels_last and runtime == "torch"
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.batch_size, self.workers, self.transform = batch_size, workers, transform
+        self._run = self.model
+        if runtime == "onnxruntime":
+            self._run = OnnxNetwork(self.model)
+        elif compile:
+            self._run = CompiledOrEager(self.model, backend=compile, what="the embedding network")
 
-def embed_table(model: torch.nn.Module, table: pd.DataFrame, transform, device: torch.device | str,
-                batch_size: int = 64, num_workers: int = 2, precision: str = "auto",
-                channels_last: bool = True, progress: bool = True) -> np.ndarray:
-    """Embeddings (N, D) float32 L2-normalised of the images ``table["path"]`` lists, in order."""
-    from .data import PathsDataset, build_eval_loader
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        with torch.inference_mode(), autocast(self.device, self.dtype):
+            return self._run(images)
 
-    loader = build_eval_loader(PathsDataset(table["path"].tolist(), transform), batch_size, num_workers)
-    embeddings, _ = embed_dataset(model, loader, device, precision, channels_last, progress)
-    return embeddings
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) → embeddings (B, D) float32 L2-normalised on the CPU; the model must be in eval mode."""
+        return F.normalize(self._forward(images).float(), dim=1).cpu()
+
+    def embed_loader(self, loader, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Embed every batch of ``loader`` (yielding (images (B, 3, H, W), labels (B,))).
+
+        Returns (embeddings (N, D) float32 L2-normalised, labels (N,) int64) in loader order. The
+        model's train/eval mode is restored afterwards (the training loop calls this between epochs).
+        """
+        was_training = self.model.training
+        self.model.eval()
+        total = len(loader.dataset) if hasattr(loader, "dataset") else None
+        chunks, labels = [], []
+        try:
+            with torch.inference_mode(), progress_bar(total=total, desc="embed", unit="img", disable=not progress,
+                                                      leave=False) as bar:
+                for images, batch_labels in loader:
+                    chunks.append(self.embed(images))
+                    labels.append(torch.as_tensor(batch_labels, dtype=torch.int64).reshape(-1))
+                    bar.update(len(images))
+        except RetrievalError as err:
+            raise _unwrap_worker_error(err) from None
+        finally:
+            self.model.train(was_training)
+        if not chunks:
+            raise DataError("embed_loader: the loader yielded no images")
+        return torch.cat(chunks).numpy(), torch.cat(labels).numpy()
+
+    def embed_dataset(self, dataset, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings (N, D), labels (N,)) of a dataset yielding (image tensor, label), in dataset order."""
+        from .data import build_eval_loader
+
+        return self.embed_loader(build_eval_loader(dataset, self.batch_size, self.workers), progress)
+
+    def embed_table(self, table: pd.DataFrame, progress: bool = True) -> np.ndarray:
+        """Embeddings (N, D) float32 L2-normalised of the images ``table["path"]`` lists, in order (``transform``)."""
+        from .data import PathsDataset
+
+        return self.embed_dataset(PathsDataset(table["path"].tolist(), self.transform), progress)[0]

@@ -2,16 +2,17 @@
 
 ``test`` → leave-one-out protocol (CUB, Cars196, SOP); ``query`` + ``gallery`` → query/gallery
 protocol (In-Shop). The training loop calls ``evaluate_splits`` every ``train.eval_every`` epochs.
+Every function embeds through an ``Embedder`` (``retrieval.embed``), which decides device,
+precision, memory format and batching; ``cfg`` supplies the protocol (``eval``: K, MAP@R, chunks).
 """
 from __future__ import annotations
 
 import logging
 import time
 
-import torch
 from torch.utils.data import Dataset
 
-from .embed import embed_dataset
+from .embed import Embedder
 from .errors import DataError
 from .embedding_space import mean_norm
 from .metrics import retrieval_metrics
@@ -20,21 +21,14 @@ from .schema import Config
 log = logging.getLogger(__name__)
 
 
-def _embed(model: torch.nn.Module, dataset: Dataset, cfg: Config, device, progress: bool):
-    from .data import build_eval_loader
-
-    loader = build_eval_loader(dataset, cfg.eval.batch_size, cfg.data.num_workers)
-    return embed_dataset(model, loader, device, cfg.train.precision, cfg.train.channels_last, progress)
-
-
-def _embed_protocol(model: torch.nn.Module, splits: dict[str, Dataset], cfg: Config, device, progress: bool):
+def _embed_protocol(embedder: Embedder, splits: dict[str, Dataset], progress: bool):
     """(query embeddings, labels, gallery embeddings or None for leave-one-out, labels or None, protocol text)."""
     if "test" in splits:
-        embeddings, labels = _embed(model, splits["test"], cfg, device, progress)
+        embeddings, labels = embedder.embed_dataset(splits["test"], progress)
         return embeddings, labels, None, None, f"leave-one-out on {len(labels)} test images"
     if "query" in splits and "gallery" in splits:
-        query, query_labels = _embed(model, splits["query"], cfg, device, progress)
-        gallery, gallery_labels = _embed(model, splits["gallery"], cfg, device, progress)
+        query, query_labels = embedder.embed_dataset(splits["query"], progress)
+        gallery, gallery_labels = embedder.embed_dataset(splits["gallery"], progress)
         return query, query_labels, gallery, gallery_labels, (f"{len(query_labels)} queries against "
                                                               f"{len(gallery_labels)} gallery images")
     raise DataError(f"evaluate_splits: expected a 'test' split or 'query' and 'gallery' splits, got {sorted(splits)}")
@@ -48,13 +42,13 @@ def _metrics(query, query_labels, gallery, gallery_labels, cfg: Config) -> dict[
     return result
 
 
-def _test_metrics(model: torch.nn.Module, splits: dict[str, Dataset], cfg: Config, device,
-                  progress: bool) -> tuple[dict[str, float], str]:
-    *embedded, protocol = _embed_protocol(model, splits, cfg, device, progress)
+def _test_metrics(embedder: Embedder, splits: dict[str, Dataset], cfg: Config, progress: bool
+                  ) -> tuple[dict[str, float], str]:
+    *embedded, protocol = _embed_protocol(embedder, splits, progress)
     return _metrics(*embedded, cfg), protocol
 
 
-def evaluate_with_index(model: torch.nn.Module, splits: dict[str, Dataset], cfg: Config, device, factory: str,
+def evaluate_with_index(embedder: Embedder, splits: dict[str, Dataset], cfg: Config, factory: str,
                         nprobe: int | None = None, progress: bool = True) -> tuple[dict[str, float], dict]:
     """``evaluate_splits``'s exact metrics of the test protocol, and a ``factory`` index's beside them.
 
@@ -64,7 +58,7 @@ def evaluate_with_index(model: torch.nn.Module, splits: dict[str, Dataset], cfg:
     """
     from .approximation import index_vs_exact
 
-    query, query_labels, gallery, gallery_labels, protocol = _embed_protocol(model, splits, cfg, device, progress)
+    query, query_labels, gallery, gallery_labels, protocol = _embed_protocol(embedder, splits, progress)
     comparison = index_vs_exact(query, query_labels, factory, cfg.eval.recall_k, gallery=gallery,
                                 gallery_labels=gallery_labels, nprobe=nprobe, map_at_r=cfg.eval.map_at_r)
     log.info("%s (%s): %s", comparison["index_setting"], protocol,
@@ -72,7 +66,7 @@ def evaluate_with_index(model: torch.nn.Module, splits: dict[str, Dataset], cfg:
     return _metrics(query, query_labels, gallery, gallery_labels, cfg), comparison
 
 
-def evaluate_with_rerank(model: torch.nn.Module, splits: dict[str, Dataset], cfg: Config, device, spec,
+def evaluate_with_rerank(embedder: Embedder, splits: dict[str, Dataset], cfg: Config, spec,
                          progress: bool = True) -> tuple[dict[str, float], dict]:
     """``evaluate_splits``'s exact metrics of the test protocol, and the plain and re-ranked lists' beside them.
 
@@ -81,7 +75,7 @@ def evaluate_with_rerank(model: torch.nn.Module, splits: dict[str, Dataset], cfg
     """
     from .rerank import plain_vs_reranked
 
-    query, query_labels, gallery, gallery_labels, protocol = _embed_protocol(model, splits, cfg, device, progress)
+    query, query_labels, gallery, gallery_labels, protocol = _embed_protocol(embedder, splits, progress)
     comparison = plain_vs_reranked(query, query_labels, spec, cfg.eval.recall_k, gallery=gallery,
                                    gallery_labels=gallery_labels, map_at_r=cfg.eval.map_at_r)
     log.info("re-ranked %s (%s): %s", comparison["rerank"], protocol,
@@ -89,7 +83,7 @@ def evaluate_with_rerank(model: torch.nn.Module, splits: dict[str, Dataset], cfg
     return _metrics(query, query_labels, gallery, gallery_labels, cfg), comparison
 
 
-def evaluate_splits(model: torch.nn.Module, splits: dict[str, Dataset], cfg: Config, device,
+def evaluate_splits(embedder: Embedder, splits: dict[str, Dataset], cfg: Config,
                     progress: bool = True) -> dict[str, float]:
     """Recall@K (K = cfg.eval.recall_k), with cfg.eval.map_at_r MAP@R and R-precision, and ``mean_norm``.
 
@@ -99,9 +93,9 @@ def evaluate_splits(model: torch.nn.Module, splits: dict[str, Dataset], cfg: Con
     ``val_``: what ``best.pt`` is chosen on. 'train' is ignored.
     """
     start = time.perf_counter()
-    result, protocol = _test_metrics(model, splits, cfg, device, progress)
+    result, protocol = _test_metrics(embedder, splits, cfg, progress)
     if "val" in splits:
-        val = _test_metrics(model, {"test": splits["val"]}, cfg, device, progress)[0]
+        val = _test_metrics(embedder, {"test": splits["val"]}, cfg, progress)[0]
         result.update({f"val_{k}": v for k, v in val.items()})
         protocol += f"; validation on {len(splits['val'])} images of held-out training classes"
     log.info("evaluation (%s, %.1fs): %s", protocol, time.perf_counter() - start,

@@ -1,7 +1,8 @@
 """A checkpoint and its gallery index, as the commands, benchmarks and the service use them.
 
-``open_embedder`` loads a checkpoint's model with its test transform; ``Embedder.embed``
-turns an image table (``retrieval.data.tables``) or a dataset into embeddings;
+``open_embedder`` loads a checkpoint's model with its test transform as an ``Embedder``
+(``retrieval.embed``: device, precision, memory format), which turns an image table
+(``retrieval.data.tables``) or a dataset into embeddings;
 ``open_gallery`` opens an index folder and refuses one built by another model; ``Gallery``
 searches it and turns FAISS ids into result rows; ``build_gallery`` writes (or appends to) a
 folder with the checkpoint's provenance in its manifest.
@@ -9,7 +10,7 @@ folder with the checkpoint's provenance in its manifest.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,49 +19,30 @@ import pandas as pd
 import torch
 
 from .config import to_dict
+from .embed import Embedder
 from .index import REMOVED, build_index, check_compatible, load_index, search, set_search_params
 from .schema import Config
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Embedder:
-    """A checkpoint's network in eval mode, with how it embeds images (its test transform at its image size)."""
-    model: torch.nn.Module
-    cfg: Config
-    checkpoint: Path
-    sha256: str
-    device: torch.device
-    batch_size: int
-    workers: int = 2
-    precision: str = "auto"
-    transform: Any = field(init=False, repr=False)
+class CheckpointEmbedder(Embedder):
+    """A checkpoint's network in eval mode as an ``Embedder``, with its config, file, sha256 and test transform."""
 
-    def __post_init__(self) -> None:
+    def __init__(self, model: torch.nn.Module, cfg: Config, checkpoint: Path, sha256: str, device: torch.device,
+                 batch_size: int, workers: int = 2, precision: str = "auto", runtime: str = "torch",
+                 compile: bool = False):
         from .data import build_transforms
+        from .execution import COMPILE_BACKEND
 
-        self.transform = build_transforms(self.cfg.data, train=False)
+        super().__init__(model.eval(), device, precision, batch_size=batch_size, workers=workers,
+                         transform=build_transforms(cfg.data, train=False), runtime=runtime,
+                         compile=COMPILE_BACKEND if compile else None)
+        self.cfg, self.checkpoint, self.sha256 = cfg, Path(checkpoint), sha256
 
     @property
     def dim(self) -> int:
         return int(self.cfg.model.embedding_dim)
-
-    def embed(self, table: pd.DataFrame, progress: bool = True) -> np.ndarray:
-        """Embeddings (N, D) float32 L2-normalised of the images ``table["path"]`` lists, in order."""
-        from .embed import embed_table
-
-        return embed_table(self.model, table, self.transform, self.device, self.batch_size, self.workers,
-                           self.precision, self.cfg.train.channels_last, progress)
-
-    def embed_dataset(self, dataset, progress: bool = True) -> np.ndarray:
-        """Embeddings (N, D) of a dataset yielding (image tensor, label), in dataset order."""
-        from .data import build_eval_loader
-        from .embed import embed_dataset
-
-        loader = build_eval_loader(dataset, self.batch_size, self.workers)
-        return embed_dataset(self.model, loader, self.device, self.precision, self.cfg.train.channels_last,
-                             progress)[0]
 
     def manifest_fields(self, source: str) -> dict:
         """What an index folder records of the model that embedded it (``check_compatible`` reads the hash)."""
@@ -69,17 +51,20 @@ class Embedder:
 
 
 def open_embedder(checkpoint: str | Path, device: str = "auto", batch_size: int | None = None, workers: int = 2,
-                  precision: str = "auto", device_flag: str = "--device") -> Embedder:
-    """Load ``checkpoint`` (weights_only) on ``device``; batch_size defaults to the checkpoint's eval.batch_size."""
+                  precision: str = "auto", device_flag: str = "--device", runtime: str = "torch",
+                  compile: bool = False) -> CheckpointEmbedder:
+    """Load ``checkpoint`` (weights_only) on ``device``; batch_size defaults to the checkpoint's eval.batch_size.
+
+    runtime, compile: how the network runs (``retrieval.execution``: torch or onnxruntime; torch.compile).
+    """
     from .checkpoint import load_model
     from .files import sha256_file
-    from .runtime import resolve_device, resolve_precision
+    from .runtime import resolve_device
 
     dev = resolve_device(device, flag=device_flag)
-    resolve_precision(precision, dev, flag="--precision")  # an impossible precision fails before loading
     model, cfg, _ = load_model(checkpoint, dev)
-    return Embedder(model, cfg, Path(checkpoint), sha256_file(checkpoint), dev,
-                    batch_size or cfg.eval.batch_size, workers, precision)
+    return CheckpointEmbedder(model, cfg, Path(checkpoint), sha256_file(checkpoint), dev,
+                              batch_size or cfg.eval.batch_size, workers, precision, runtime, compile)
 
 
 @dataclass
@@ -103,7 +88,7 @@ class Gallery:
     def is_live(self, item_id: int) -> bool:
         return 0 <= item_id < self.index.ntotal and item_id not in self._removed
 
-    def check_model(self, embedder: Embedder) -> None:
+    def check_model(self, embedder: CheckpointEmbedder) -> None:
         """IndexFormatError unless ``embedder``'s checkpoint built this index (dimension, sha256)."""
         check_compatible(self.manifest, self.folder, embedder.dim, embedder.sha256)
 
@@ -139,7 +124,7 @@ class Gallery:
         return out
 
 
-def open_gallery(folder: str | Path, embedder: Embedder | None = None) -> Gallery:
+def open_gallery(folder: str | Path, embedder: CheckpointEmbedder | None = None) -> Gallery:
     """Load an index folder; with ``embedder``, refuse it unless that checkpoint built it (dimension, sha256)."""
     gallery = Gallery(Path(folder), *load_index(folder))
     if embedder is not None:
@@ -147,7 +132,7 @@ def open_gallery(folder: str | Path, embedder: Embedder | None = None) -> Galler
     return gallery
 
 
-def build_gallery(embedder: Embedder, embeddings: np.ndarray, metadata: pd.DataFrame, out_dir: str | Path,
+def build_gallery(embedder: CheckpointEmbedder, embeddings: np.ndarray, metadata: pd.DataFrame, out_dir: str | Path,
                   source: str, factory: str = "Flat", overwrite: bool = False, append: bool = False,
                   save_embeddings: bool = False) -> dict:
     """Write (or append to) the index folder ``out_dir`` with ``embedder``'s provenance; returns its manifest."""

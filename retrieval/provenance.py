@@ -1,4 +1,5 @@
-"""Where a result came from: date, machine, commit and package versions, recorded beside every number.
+"""Where a result came from: date, machine, commit and package versions, recorded beside every number;
+``write_results`` writes a result's JSON and Markdown (retrieval-benchmark and benchmarks/ alike).
 
 ``versions`` needs only ``importlib.metadata``, so the index folder's manifest records them without
 importing torch (``import retrieval.index`` stays torch-free); the machine description (``header``)
@@ -7,12 +8,14 @@ asks torch about its devices and imports ``runtime`` when called.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import platform
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
+from .files import atomic_write_text
 
 # Distributions a result depends on, by their names on PyPI.
 PACKAGES = ("torch", "torchvision", "pytorch-metric-learning", "faiss-cpu", "numpy", "pandas")
@@ -53,3 +56,10 @@ def machine_line(head: dict) -> str:
     m = head["machine"]
     gpu = f", GPU {m['gpu']}" if "gpu" in m else ", no GPU"
     return f"{head['date']}, {m['cpu']} ({m['cores']} cores{gpu}), commit {head['commit']}"
+
+
+def write_results(out: str | Path, name: str, result: dict, markdown: str) -> None:
+    """Write ``name.json`` and ``name.md`` into ``out`` (atomically)."""
+    out = Path(out)
+    atomic_write_text(out / f"{name}.json", json.dumps(result, indent=2, default=str) + "\n")
+    atomic_write_text(out / f"{name}.md", markdown)

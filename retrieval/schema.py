@@ -88,6 +88,7 @@ class TrainConfig:
     steps_per_epoch: int = 0  # 0 = one pass over the sampler; >0 caps an epoch (quick runs)
     eval_every: int = 1  # evaluate every N epochs (0 = only at the end)
     grad_clip: float = 0.0  # clip gradient norm (0 = off)
+    compile: bool = False  # torch.compile the training forward (retrieval.execution; falls back to eager with a warning)
 
 
 @dataclass

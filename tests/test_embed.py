@@ -1,4 +1,4 @@
-"""Embedding extraction, image tables, and evaluate_splits on a tiny real model."""
+"""The Embedder (device, precision, memory format; batches, loaders, tables) and evaluate_splits, tiny model."""
 import numpy as np
 import pytest
 import torch
@@ -7,8 +7,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from retrieval.config import Config, ModelConfig
 from retrieval.data import PathsDataset, table_from_paths
-from retrieval.embed import embed_dataset, embed_table
-from retrieval.errors import DataError, ImageError
+from retrieval.embed import Embedder
+from retrieval.errors import ConfigError, DataError, ImageError
 from retrieval.evaluate import evaluate_splits
 from retrieval.metrics import retrieval_metrics
 from retrieval.models import build_model
@@ -34,14 +34,12 @@ def reference(model, x):
 
 
 @pytest.mark.parametrize("precision, atol", [("fp32", 1e-5), ("bf16", 0.05)])
-def test_embed_dataset_matches_plain_forward(model, images, precision, atol):
+def test_embed_loader_matches_plain_forward(model, images, precision, atol):
     x, y = images
     loader = DataLoader(TensorDataset(x, y), batch_size=6)
     model.train()
-    emb, labels = embed_dataset(model, loader, "cpu", precision=precision, progress=False)
+    emb, labels = Embedder(model, "cpu", precision).embed_loader(loader, progress=False)
     assert model.training  # mode restored for the training loop
-    assert not any(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-                   for p in model.parameters())  # memory format restored
     assert emb.dtype == np.float32 and emb.shape == (20, 32)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     np.testing.assert_array_equal(labels, y.numpy())
@@ -50,14 +48,23 @@ def test_embed_dataset_matches_plain_forward(model, images, precision, atol):
     assert (emb * ref).sum(1).min() > 0.99
 
 
-def test_channels_last_model_stays_channels_last(model, images):
-    x, y = images
-    model.to(memory_format=torch.channels_last)
+def _conv(model):
+    return next(p for p in model.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+
+
+def test_the_embedder_owns_device_dtype_and_memory_format(model, images):
+    x, _ = images
     try:
-        embed_dataset(model, DataLoader(TensorDataset(x, y), batch_size=8), "cpu", precision="fp32", progress=False)
-        conv = model.backbone.body.conv1.weight if hasattr(model.backbone, "body") else next(
-            p for p in model.parameters() if p.dim() == 4 and p.shape[-1] > 1)
-        assert conv.is_contiguous(memory_format=torch.channels_last)
+        fast = Embedder(model, "cpu", "bf16")
+        assert fast.dtype == torch.bfloat16 and fast.memory_format == torch.channels_last
+        assert _conv(model).is_contiguous(memory_format=torch.channels_last)  # placed once, kept
+        plain = Embedder(model.eval(), "cpu", "fp32", channels_last=False)
+        assert plain.dtype is None and _conv(model).is_contiguous()
+        batch = plain.embed(x[:5])
+        assert batch.dtype == torch.float32 and batch.shape == (5, 32)
+        np.testing.assert_allclose(batch.numpy(), reference(model, x[:5]), atol=1e-5)
+        with pytest.raises(ConfigError, match="--precision=fp16 needs a CUDA device"):
+            Embedder(model, "cpu", "fp16")
     finally:
         model.to(memory_format=torch.contiguous_format)
 
@@ -65,7 +72,7 @@ def test_channels_last_model_stays_channels_last(model, images):
 def test_empty_loader_is_an_error(model):
     empty = DataLoader(TensorDataset(torch.zeros(0, 3, 32, 32), torch.zeros(0)), batch_size=4)
     with pytest.raises(DataError, match="no images"):
-        embed_dataset(model, empty, "cpu", progress=False)
+        Embedder(model, "cpu").embed_loader(empty, progress=False)
 
 
 def _save(path, size=40, colour=(200, 30, 30)):
@@ -84,7 +91,7 @@ def test_unreadable_image_in_a_worker_names_the_file(model, tmp_path):
     table = table_from_paths([good, bad])
     transform = build_transforms(DataConfig(image_size=32, resize=32), train=False)
     with pytest.raises(ImageError) as info:
-        embed_table(model, table, transform, "cpu", batch_size=1, num_workers=1, progress=False)
+        Embedder(model, "cpu", batch_size=1, workers=1, transform=transform).embed_table(table, progress=False)
     assert str(info.value).startswith(f"{bad}: not an image")  # no worker traceback in the message
     assert "Traceback" not in str(info.value)
 
@@ -100,19 +107,19 @@ def test_evaluate_splits_both_protocols(model, images):
     cfg = Config()
     cfg.data.num_workers = 0
     cfg.eval.recall_k = [1, 2]
-    cfg.train.precision, cfg.train.channels_last = "fp32", False  # fast path covered above
+    embedder = Embedder(model, "cpu", "fp32", channels_last=False, workers=0)  # fast path covered above
     ref = reference(model, x)
-    got = evaluate_splits(model, {"train": None, "test": TensorDataset(x, y)}, cfg, "cpu", progress=False)
+    got = evaluate_splits(embedder, {"train": None, "test": TensorDataset(x, y)}, cfg, progress=False)
     assert got.pop("mean_norm") == pytest.approx(float(np.linalg.norm(ref.mean(axis=0))), abs=1e-5)
     assert got == pytest.approx(retrieval_metrics(ref, y.numpy(), ks=(1, 2)), abs=1e-6)
     assert set(got) == {"recall@1", "recall@2", "map@r", "r_precision"}
     split = {"query": TensorDataset(x[:8], y[:8]), "gallery": TensorDataset(x[8:], y[8:])}
-    got = evaluate_splits(model, split, cfg, "cpu", progress=False)
+    got = evaluate_splits(embedder, split, cfg, progress=False)
     assert got.pop("mean_norm") == pytest.approx(float(np.linalg.norm(ref[8:].mean(axis=0))), abs=1e-5)  # gallery
     assert got == pytest.approx(retrieval_metrics(ref[:8], y[:8].numpy(), ref[8:], y[8:].numpy(), ks=(1, 2)),
                                 abs=1e-6)
-    val = evaluate_splits(model, {"test": TensorDataset(x[8:], y[8:]), "val": TensorDataset(x[:8], y[:8])}, cfg,
-                          "cpu", progress=False)
+    val = evaluate_splits(embedder, {"test": TensorDataset(x[8:], y[8:]), "val": TensorDataset(x[:8], y[:8])}, cfg,
+                          progress=False)
     assert val["val_recall@1"] == pytest.approx(retrieval_metrics(ref[:8], y[:8].numpy(), ks=(1,))["recall@1"])
     with pytest.raises(DataError, match="expected a 'test' split"):
-        evaluate_splits(model, {"train": None, "query": split["query"]}, cfg, "cpu")
+        evaluate_splits(embedder, {"train": None, "query": split["query"]}, cfg)

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 import time
 from pathlib import Path
 
-from ..provenance import header, machine_line
-from .common import add_checkpoint_arg, add_logging_args, command, new_parser
+from ..provenance import header, machine_line, write_results
+from .common import add_checkpoint_arg, add_device_args, add_logging_args, command, new_parser
 
 PUBLISHED_COLUMN = "published (CGD paper)"
 STANDARD_K = {"cub": [1, 2, 4, 8], "cars": [1, 2, 4, 8], "sop": [1, 10, 100, 1000],
@@ -30,8 +29,6 @@ STANDARD_K = {"cub": [1, 2, 4, 8], "cars": [1, 2, 4, 8], "sop": [1, 10, 100, 100
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..runtime import PRECISIONS
-
     parser = new_parser("retrieval-benchmark", "Evaluate a checkpoint on a data set's test protocol (Recall@K, "
                         "MAP@R, R-precision) and print it beside the CGD paper's published Recall@K.",
                         "retrieval-benchmark --checkpoint runs/cub200/best.pt --config configs/cub200.yaml "
@@ -56,9 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="images per forward pass (default: the config's "
                                                        "eval.batch_size)")
     parser.add_argument("--workers", type=int, help="data-loader worker processes (default: data.num_workers)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="auto: bf16 on CPUs with native bf16, AMP on CUDA")
+    add_device_args(parser)
     add_logging_args(parser)
     return parser
 
@@ -83,8 +78,6 @@ def resolve_eval_config(args: argparse.Namespace, state: dict, trained):
         cfg.data.num_workers = args.workers
     if args.batch_size is not None:
         cfg.eval.batch_size = args.batch_size
-    cfg.train.precision = args.precision
-    cfg.train.channels_last = trained.train.channels_last
     return cfg
 
 
@@ -179,16 +172,9 @@ def _rerank_spec(args: argparse.Namespace, cfg):
     return spec
 
 
-@command(build_parser)
-def main(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_model
-    from ..config import to_dict, to_yaml
-    from ..data import build_splits
+def _check_args(args: argparse.Namespace) -> Path:
+    """Refusals of the flags alone (before the model loads); the --out folder."""
     from ..errors import ConfigError
-    from ..evaluate import evaluate_splits, evaluate_with_index, evaluate_with_rerank
-    from ..files import atomic_write_text, sha256_file
-    from ..published import published_recall
-    from ..runtime import resolve_device
 
     if args.nprobe is not None and args.nprobe < 1:
         raise ConfigError(f"--nprobe: expected >= 1, got {args.nprobe}")
@@ -205,6 +191,58 @@ def main(args: argparse.Namespace) -> int:
         from ..rerank import parse_rerank
 
         parse_rerank(args.rerank)
+    return out
+
+
+def _evaluate(args: argparse.Namespace, embedder, splits: dict, cfg, spec) -> tuple[dict, dict | None, dict | None]:
+    """(metrics, index comparison or None, re-ranking comparison or None) of the protocol."""
+    from ..evaluate import evaluate_splits, evaluate_with_index, evaluate_with_rerank
+
+    if spec is not None:
+        metrics, rerank = evaluate_with_rerank(embedder, splits, cfg, spec, progress=not args.quiet)
+        return metrics, None, rerank
+    if args.index_type:
+        nprobe = 16 if args.nprobe is None else args.nprobe
+        return (*evaluate_with_index(embedder, splits, cfg, args.index_type, nprobe, progress=not args.quiet), None)
+    return evaluate_splits(embedder, splits, cfg, progress=not args.quiet), None, None
+
+
+def _result(args: argparse.Namespace, cfg, trained, state: dict, splits: dict, seconds: float, metrics: dict,
+            comparison: dict | None, rerank: dict | None) -> dict:
+    """The recall_<dataset>.json record: provenance, data set, metrics, published numbers, table rows."""
+    from ..config import to_dict
+    from ..files import sha256_file
+    from ..published import published_recall
+
+    published = published_recall(cfg.data.name)
+    result = {
+        "benchmark": "recall", **header(), "command": args.command_line,
+        "checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
+        "checkpoint_epoch": state.get("epoch"), "model": _describe_model(trained), "precision": args.precision, "runtime": args.runtime, "compile": args.compile,
+        "dataset": {"name": cfg.data.name, "root": cfg.data.root, "crop": cfg.data.crop,
+                    "image_size": cfg.data.image_size, "protocol": _protocol(splits),
+                    "train_classes": cfg.data.train_classes, "test_classes": cfg.data.test_classes},
+        "recall_k": list(cfg.eval.recall_k), "metrics": metrics, "seconds": seconds,
+        "published": None if published is None else {
+            "column": PUBLISHED_COLUMN, "source": published.source, "setting": published.setting,
+            "crop": published.crop_text, "recall_percent": {str(k): v for k, v in published.recall.items()}},
+        "config": to_dict(cfg), **({"index_comparison": comparison} if comparison else {}),
+        **({"rerank_comparison": rerank} if rerank else {}),
+    }
+    result["rows"] = _rows(metrics, cfg.eval.recall_k, published, comparison, rerank)
+    return result
+
+
+@command(build_parser)
+def main(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_model
+    from ..config import to_yaml
+    from ..data import build_splits
+    from ..embed import Embedder
+    from ..execution import COMPILE_BACKEND
+    from ..runtime import resolve_device
+
+    out = _check_args(args)
     device = resolve_device(args.device, flag="--device")
     model, trained, state = load_model(args.checkpoint, device)
     cfg = resolve_eval_config(args, state, trained)
@@ -217,39 +255,15 @@ def main(args: argparse.Namespace) -> int:
         from ..index import check_factory
 
         check_factory(args.index_type, trained.model.embedding_dim, len(splits.get("test") or splits["gallery"]))
+    embedder = Embedder(model, device, args.precision, batch_size=cfg.eval.batch_size, workers=cfg.data.num_workers,
+                        runtime=args.runtime, compile=COMPILE_BACKEND if args.compile else None)
     start = time.perf_counter()
-    comparison = rerank = None
-    if spec is not None:
-        metrics, rerank = evaluate_with_rerank(model, splits, cfg, device, spec, progress=not args.quiet)
-    elif args.index_type:
-        nprobe = 16 if args.nprobe is None else args.nprobe
-        metrics, comparison = evaluate_with_index(model, splits, cfg, device, args.index_type, nprobe,
-                                                  progress=not args.quiet)
-    else:
-        metrics = evaluate_splits(model, splits, cfg, device, progress=not args.quiet)
-    seconds = time.perf_counter() - start
-
-    published = published_recall(cfg.data.name)
-    result = {
-        "benchmark": "recall", **header(), "command": args.command_line,
-        "checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
-        "checkpoint_epoch": state.get("epoch"), "model": _describe_model(trained),
-        "dataset": {"name": cfg.data.name, "root": cfg.data.root, "crop": cfg.data.crop,
-                    "image_size": cfg.data.image_size, "protocol": _protocol(splits),
-                    "train_classes": cfg.data.train_classes, "test_classes": cfg.data.test_classes},
-        "recall_k": list(cfg.eval.recall_k), "metrics": metrics, "seconds": seconds,
-        "published": None if published is None else {
-            "column": PUBLISHED_COLUMN, "source": published.source, "setting": published.setting,
-            "crop": published.crop_text, "recall_percent": {str(k): v for k, v in published.recall.items()}},
-        "config": to_dict(cfg), **({"index_comparison": comparison} if comparison else {}),
-        **({"rerank_comparison": rerank} if rerank else {}),
-    }
-    result["rows"] = _rows(metrics, cfg.eval.recall_k, published, comparison, rerank)
+    metrics, comparison, rerank = _evaluate(args, embedder, splits, cfg, spec)
+    result = _result(args, cfg, trained, state, splits, time.perf_counter() - start, metrics, comparison, rerank)
     text, markdown = format_report(result)
     print(text, end="")
     name = f"recall_{cfg.data.name}"
-    atomic_write_text(out / f"{name}.json", json.dumps(result, indent=2, default=str) + "\n")
-    atomic_write_text(out / f"{name}.md", markdown)
+    write_results(out, name, result, markdown)
     print(f"wrote {out / name}.json and {name}.md")
     return 0
 

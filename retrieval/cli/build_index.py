@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import os
 import sys
 from pathlib import Path
 
@@ -75,7 +74,7 @@ def _dataset_gallery_once(args: argparse.Namespace, cfg, info):
     synthetic one is generated) is written by one process while the others wait."""
     if info is None:
         return _dataset_gallery(args, cfg)
-    from ..engine.distributed import barrier
+    from ..parallel import barrier
 
     if not info.is_main:
         barrier(info)
@@ -151,8 +150,8 @@ def _build_distributed(args: argparse.Namespace, embedder, dataset, metadata, so
 
     def embed(start: int, stop: int):
         if dataset is not None:
-            return embedder.embed_dataset(Subset(dataset, range(start, stop)), progress)
-        return embedder.embed(metadata.iloc[start:stop], progress)
+            return embedder.embed_dataset(Subset(dataset, range(start, stop)), progress)[0]
+        return embedder.embed_table(metadata.iloc[start:stop], progress)
 
     return build_distributed_index(embed, metadata, args.out, factory=args.index_type, rank=info.rank,
                                    world_size=info.world_size, checkpoint_sha256=embedder.sha256,
@@ -161,14 +160,9 @@ def _build_distributed(args: argparse.Namespace, embedder, dataset, metadata, so
                                    save_embeddings=args.save_embeddings)
 
 
-@command(build_parser)
-def main(args: argparse.Namespace) -> int:
-    if args.split and not args.dataset_config:
-        raise ConfigError("--split only applies to --dataset-config")
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    _check_distributed_flags(args, world_size)
-    from ..gallery import build_gallery
-    from ..index import check_compatible, check_factory, check_replaceable, read_manifest
+def _check_out(args: argparse.Namespace, world_size: int) -> bool:
+    """Refuse an --out this build may not write (before anything loads); True when appending to an existing index."""
+    from ..index import check_replaceable
 
     out = Path(args.out)
     appending = args.append and out.exists()
@@ -179,47 +173,90 @@ def main(args: argparse.Namespace) -> int:
     check_replaceable(out)  # --overwrite / --append only ever touch an index folder of this project
     if appending:
         _check_appendable(out)
-    table = None if args.dataset_config else _source_table(args)  # missing files fail before the model loads
-    info = None
-    if world_size > 1:
-        from ..engine.distributed import init_distributed
+    return appending
 
-        _check_before_process_group(args, table)
-        info = init_distributed(args.device, timeout=DIST_TIMEOUT)
-    embedder = open_embedder_from(args)
-    factory = args.index_type or "Flat"
-    if appending:
-        manifest = read_manifest(out)
-        check_compatible(manifest, out, embedder.dim, embedder.sha256)
-        if args.index_type and args.index_type != manifest["factory"]:
-            raise ConfigError(f"--index-type {args.index_type}: {out} is a '{manifest['factory']}' index; "
-                              "--append keeps its type (use --overwrite to rebuild)")
+
+def _join_process_group(args: argparse.Namespace, table, world_size: int):
+    """Under torchrun: the early checks every rank shares, then the process group (its DistInfo); else None."""
+    if world_size <= 1:
+        return None
+    from ..parallel import init_distributed
+
+    _check_before_process_group(args, table)
+    return init_distributed(args.device, timeout=DIST_TIMEOUT)
+
+
+def _check_append_target(args: argparse.Namespace, embedder) -> None:
+    """--append: the existing index must come from this checkpoint and keep its index type."""
+    from ..index import check_compatible, read_manifest
+
+    out = Path(args.out)
+    manifest = read_manifest(out)
+    check_compatible(manifest, out, embedder.dim, embedder.sha256)
+    if args.index_type and args.index_type != manifest["factory"]:
+        raise ConfigError(f"--index-type {args.index_type}: {out} is a '{manifest['factory']}' index; "
+                          "--append keeps its type (use --overwrite to rebuild)")
+
+
+def _gallery(args: argparse.Namespace, embedder, table, info):
+    """(dataset or None, metadata table, source text) of the images to index."""
     if table is None:
         dataset, metadata = _dataset_gallery_once(args, embedder.cfg, info)
-        source = f"dataset:{args.dataset_config}:{args.split or dataset.records['split'].iloc[0]}"
-    else:
-        (metadata, source), dataset = table, None
-    if info is not None:
-        from ..engine.distributed import shutdown
+        return dataset, metadata, f"dataset:{args.dataset_config}:{args.split or dataset.records['split'].iloc[0]}"
+    (metadata, source) = table
+    return None, metadata, source
 
-        try:
-            manifest = _build_distributed(args, embedder, dataset, metadata, source, info)
-        finally:
-            shutdown(info)
-        if manifest is not None:
-            print(f"indexed {len(metadata)} images on {info.world_size} ranks → {out} ({manifest['count']} entries, "
-                  f"dim {manifest['dim']}, {manifest['factory']}, lists on disk)")
-        return 0
+
+def _run_distributed(args: argparse.Namespace, embedder, dataset, metadata, source: str, info) -> None:
+    """Build on every rank, leave the process group, and (rank 0) say what was written."""
+    from ..parallel import shutdown
+
+    try:
+        manifest = _build_distributed(args, embedder, dataset, metadata, source, info)
+    finally:
+        shutdown(info)
+    if manifest is not None:
+        print(f"indexed {len(metadata)} images on {info.world_size} ranks → {Path(args.out)} "
+              f"({manifest['count']} entries, dim {manifest['dim']}, {manifest['factory']}, lists on disk)")
+
+
+def _run_local(args: argparse.Namespace, embedder, dataset, metadata, source: str, appending: bool) -> None:
+    """Embed the gallery in this process, write (or append to) the folder, and say what was written."""
+    from ..gallery import build_gallery
+    from ..index import check_factory
+
+    factory = args.index_type or "Flat"
     if not appending:
         check_factory(factory, embedder.dim, len(metadata))  # before the (long) embedding pass
     progress = not args.quiet
-    embeddings = (embedder.embed_dataset(dataset, progress) if dataset is not None
-                  else embedder.embed(metadata, progress))
-    manifest = build_gallery(embedder, embeddings, metadata, out, source, factory=factory, overwrite=args.overwrite,
-                             append=args.append, save_embeddings=args.save_embeddings)
+    embeddings = (embedder.embed_dataset(dataset, progress)[0] if dataset is not None
+                  else embedder.embed_table(metadata, progress))
+    manifest = build_gallery(embedder, embeddings, metadata, args.out, source, factory=factory,
+                             overwrite=args.overwrite, append=args.append, save_embeddings=args.save_embeddings)
     verb = "added" if appending else "indexed"
-    print(f"{verb} {len(metadata)} images → {out} ({manifest['count']} entries, dim {manifest['dim']}, "
+    print(f"{verb} {len(metadata)} images → {Path(args.out)} ({manifest['count']} entries, dim {manifest['dim']}, "
           f"{manifest['factory']})")
+
+
+@command(build_parser)
+def main(args: argparse.Namespace) -> int:
+    if args.split and not args.dataset_config:
+        raise ConfigError("--split only applies to --dataset-config")
+    from ..parallel import world_size_from_env
+
+    world_size = world_size_from_env()
+    _check_distributed_flags(args, world_size)
+    appending = _check_out(args, world_size)
+    table = None if args.dataset_config else _source_table(args)  # missing files fail before the model loads
+    info = _join_process_group(args, table, world_size)
+    embedder = open_embedder_from(args)
+    if appending:
+        _check_append_target(args, embedder)
+    dataset, metadata, source = _gallery(args, embedder, table, info)
+    if info is not None:
+        _run_distributed(args, embedder, dataset, metadata, source, info)
+    else:
+        _run_local(args, embedder, dataset, metadata, source, appending)
     return 0
 
 

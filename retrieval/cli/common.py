@@ -31,6 +31,28 @@ def add_checkpoint_arg(parser: argparse.ArgumentParser, help: str = "trained che
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help=help)
 
 
+def add_checkpoint_and_index_args(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint and --index of the commands that search an index folder with its checkpoint (query, serve)."""
+    add_checkpoint_arg(parser, "the checkpoint the index was built with")
+    parser.add_argument("--index", required=True, metavar="INDEX_DIR", help="index folder from build_index.py")
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    """--device and --precision: where and in what precision a checkpoint's network embeds (``Embedder``)."""
+    from ..execution import RUNTIMES
+    from ..runtime import PRECISIONS
+
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: bf16 on CPUs with native bf16, AMP on CUDA")
+    parser.add_argument("--runtime", default="torch", choices=RUNTIMES,
+                        help="what runs the network: torch (default) or onnxruntime (CPU, fp32; the network is "
+                             "exported to ONNX on the first batch; needs the 'export' extra)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch runtime: torch.compile the network (tens of seconds of compilation on the first "
+                             "batch, then faster; falls back to eager with a warning where compilation fails)")
+
+
 def add_logging_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -47,14 +69,10 @@ def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> N
 
 def add_embedding_args(parser: argparse.ArgumentParser) -> None:
     """Flags of the commands that embed images with a checkpoint (build_index, query)."""
-    from ..runtime import PRECISIONS
-
     parser.add_argument("--batch-size", type=int,
                         help="images per forward pass (default: the checkpoint's eval.batch_size)")
     parser.add_argument("--workers", type=int, default=2, help="data-loader worker processes (default 2)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="auto: bf16 on CPUs with native bf16, AMP on CUDA")
+    add_device_args(parser)
 
 
 def open_embedder_from(args: argparse.Namespace):
@@ -65,7 +83,8 @@ def open_embedder_from(args: argparse.Namespace):
         raise ConfigError(f"--batch-size: expected >= 1, got {args.batch_size}")
     if args.workers < 0:
         raise ConfigError(f"--workers: expected >= 0, got {args.workers}")
-    return open_embedder(args.checkpoint, args.device, args.batch_size, args.workers, args.precision)
+    return open_embedder(args.checkpoint, args.device, args.batch_size, args.workers, args.precision,
+                         runtime=args.runtime, compile=args.compile)
 
 
 _verbose = False  # set by setup_logging: -v shows the traceback the one-line error hides

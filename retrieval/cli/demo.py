@@ -52,6 +52,7 @@ def _prepare(out: Path) -> None:
 def _untrained_metrics(cfg) -> tuple[dict[str, float], torch.nn.Module]:
     """(metrics, model) of the same network with random weights: the floor the training has to beat."""
     from ..data import build_splits
+    from ..embed import Embedder
     from ..evaluate import evaluate_splits
     from ..models import build_model
     from ..seeding import seed_everything
@@ -60,7 +61,9 @@ def _untrained_metrics(cfg) -> tuple[dict[str, float], torch.nn.Module]:
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model, num_classes=splits["train"].num_classes)
     test = {k: v for k, v in splits.items() if k != "val"}  # the table compares test metrics
-    return evaluate_splits(model.eval(), test, cfg, torch.device("cpu"), progress=False), model
+    embedder = Embedder(model.eval(), "cpu", cfg.train.precision, cfg.train.channels_last, cfg.eval.batch_size,
+                        cfg.data.num_workers, flag="train.precision")
+    return evaluate_splits(embedder, test, cfg, progress=False), model
 
 
 def _localisation(cfg, checkpoint: Path, untrained: torch.nn.Module) -> tuple[dict, str]:

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, DataError, ImageError
-from .common import add_checkpoint_arg, add_embedding_args, add_logging_args, command, new_parser, open_embedder_from
+from .common import (add_checkpoint_and_index_args, add_embedding_args, add_logging_args, command, new_parser,
+                     open_embedder_from)
 
 NPROBE = 16  # --nprobe's default on an IVF index
 
@@ -19,8 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("query.py", "Find the K most similar gallery images of each query image in an index "
                         "folder built by build_index.py with the same checkpoint.",
                         "query.py --checkpoint runs/cub/best.pt --index indexes/cub -k 5 bird.jpg --grid top5.png")
-    add_checkpoint_arg(parser, "the checkpoint the index was built with")
-    parser.add_argument("--index", required=True, metavar="INDEX_DIR", help="index folder from build_index.py")
+    add_checkpoint_and_index_args(parser)
     parser.add_argument("-k", "--top-k", type=int, default=10, help="results per query (default 10)")
     parser.add_argument("paths", nargs="*", metavar="IMAGE", help="query images")
     parser.add_argument("--images", metavar="DIR", help="every image under DIR (recursive) is a query")
@@ -275,7 +275,7 @@ def main(args: argparse.Namespace) -> int:
     gallery.check_model(embedder)
     _check_decodable(queries["path"].tolist(), args.workers)
     access = gallery_access(gallery, args.nprobe, args.ef_search) if spec and spec.name != "none" else None
-    embeddings = embedder.embed(queries, progress=not args.quiet)
+    embeddings = embedder.embed_table(queries, progress=not args.quiet)
     if args.eval:
         result, comparison = _evaluate(args, embedder.cfg, queries, gallery, embeddings)
         rerank = _evaluate_rerank(args, embedder.cfg, queries, gallery, embeddings, access, spec) if access else None

@@ -8,19 +8,16 @@ import socket
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import add_checkpoint_arg, add_logging_args, command, new_parser
+from .common import add_checkpoint_and_index_args, add_device_args, add_logging_args, command, new_parser
 
 log = logging.getLogger("retrieval.serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..runtime import PRECISIONS
-
     parser = new_parser("retrieval-serve", "Serve top-K retrieval over an index folder built by build_index.py with "
                         "the same checkpoint: HTTP API (OpenAPI document at /openapi.json) and a web page at /.",
                         "retrieval-serve --checkpoint runs/cub/last.pt --index indexes/cub --port 8000")
-    add_checkpoint_arg(parser, "the checkpoint the index was built with")
-    parser.add_argument("--index", required=True, metavar="INDEX_DIR", help="index folder from build_index.py")
+    add_checkpoint_and_index_args(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs "
                                                             "--token-file)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -46,9 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "takes the requests already queued; under load those that came during a pass)")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="per uploaded file (default 10 MB)")
     parser.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask for (default 1000)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="auto: bf16 on CPUs with native bf16, AMP on CUDA")
+    add_device_args(parser)
     add_logging_args(parser)
     return parser
 
@@ -93,7 +88,7 @@ def settings_from(args: argparse.Namespace):
         raise ConfigError(f"--host {args.host}: binding beyond this machine needs --token-file (anyone who can "
                           "reach the port could add or remove gallery images)")
     return Settings(checkpoint=Path(args.checkpoint), index=Path(args.index), device=args.device,
-                    precision=args.precision, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+                    precision=args.precision, runtime=args.runtime, compile=args.compile, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                     max_upload_bytes=int(args.max_upload_mb * (1 << 20)), max_k=args.max_k, token=token,
                     host=args.host, allowed_hosts=tuple(args.allowed_hosts), cors_origins=tuple(args.cors_origin or ()),
                     expose_paths=args.expose_paths, body_timeout_s=args.body_timeout, rerank=args.rerank)

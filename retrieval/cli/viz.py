@@ -80,7 +80,7 @@ def _scores(args: argparse.Namespace):
         raise DataError(f"--split {args.split}: the data set has splits {', '.join(sorted(splits))}")
     dataset = splits[args.split]
     dataset.transform = embedder.transform
-    embeddings = embedder.embed_dataset(dataset, progress=not args.quiet)
+    embeddings = embedder.embed_dataset(dataset, progress=not args.quiet)[0]
     summary = score_figure(embeddings, dataset.labels, args.out,
                            title=f"{args.checkpoint}: {args.split} split of {data.name} ({len(dataset)} images)")
     print(f"same-class mean {summary['same_mean']:.3f}, different-class mean {summary['diff_mean']:.3f}, "

@@ -1,4 +1,4 @@
-"""Training: the loop, run folders, distributed helpers."""
+"""Training: the loop and run folders (torch.distributed through ``retrieval.parallel``)."""
 from .trainer import train
 
 __all__ = ["train"]

@@ -16,14 +16,16 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import checkpoint_config, read_checkpoint
 from ..config import config_from_dict, load_config, save_config, to_dict
+from ..embed import Embedder
 from ..errors import TrainingError
 from ..files import remove_stale_temporaries
 from ..losses import RetrievalLoss
 from ..optim import build_optimizer, build_scheduler
-from ..runtime import resolve_device, resolve_precision
+from ..runtime import resolve_device
 from ..schema import Config
 from ..seeding import seed_everything
-from . import distributed as dist_utils
+from .. import parallel
+from ..execution import CompiledOrEager
 from .rng import rng_state, set_rng_state
 from .run_dir import WRITTEN, attach_log_file, check_run_dir, prepare_run_dir, recover_run_dir, tensorboard_writer
 
@@ -54,10 +56,8 @@ class Progress:
 class Run:
     """What the training loop reads and updates, built once by ``setup_run``."""
     cfg: Config
-    info: dist_utils.DistInfo
-    device: torch.device
-    dtype: torch.dtype | None  # autocast dtype, None = fp32
-    memory_format: torch.memory_format
+    info: parallel.DistInfo
+    embedder: Embedder  # the model on its device, with its autocast dtype and memory format: training and evaluation
     splits: dict[str, Any]  # "train" plus "test" or "query" / "gallery" datasets
     loader: torch.utils.data.DataLoader
     model: torch.nn.Module  # the RetrievalNet (what is evaluated and checkpointed)
@@ -73,6 +73,20 @@ class Run:
     progress: Progress = field(default_factory=Progress)
     writer: Any = None  # TensorBoard SummaryWriter (rank 0, when installed)
     log_handler: logging.Handler | None = None
+    forward: Any = None  # calls ``net``: the module itself, or its torch.compile (train.compile)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedder.device
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """Autocast dtype, None = fp32."""
+        return self.embedder.dtype
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return self.embedder.memory_format
 
     def checkpoint(self) -> dict:
         """The checkpoint dict of the current state (DESIGN.md "Checkpoint")."""
@@ -199,8 +213,8 @@ def setup_run(cfg: Config | None, resume: str | Path | None = None, overwrite: b
 
     cfg, state = _run_config(cfg, resume, overrides)
     check_run_dir(cfg.train.out_dir, overwrite, resume=state is not None)
-    info = dist_utils.init_distributed(cfg.train.device)
-    device = dist_utils.device_for(info, resolve_device(cfg.train.device))
+    info = parallel.init_distributed(cfg.train.device)
+    device = parallel.device_for(info, resolve_device(cfg.train.device))
     seed_everything(cfg.train.seed + info.rank)
     splits = build_splits(cfg.data)
     loader = build_train_loader(splits["train"], cfg.data, seed=cfg.train.seed, rank=info.rank,
@@ -208,23 +222,23 @@ def setup_run(cfg: Config | None, resume: str | Path | None = None, overwrite: b
     num_classes = splits["train"].num_classes if cfg.loss.cls_weight > 0 else 0
     model = build_model(cfg.model, num_classes=num_classes, load_weights=state is None)
     loss = RetrievalLoss(cfg.loss, splits["train"].num_classes, cfg.model.embedding_dim, distributed=info.enabled)
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    model.to(device, memory_format=memory_format)
+    embedder = Embedder(model, device, cfg.train.precision, cfg.train.channels_last, cfg.eval.batch_size,
+                        cfg.data.num_workers, flag="train.precision")
     loss.to(device)
     steps = len(loader) if cfg.train.steps_per_epoch <= 0 else min(len(loader), cfg.train.steps_per_epoch)
     optimizer = build_optimizer(cfg.optim, model, loss)
-    dtype = resolve_precision(cfg.train.precision, device)
     net = TrainForward(model)
     if info.enabled:
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    run = Run(cfg=cfg, info=info, device=device, dtype=dtype, memory_format=memory_format, splits=splits,
+    forward = CompiledOrEager(net, what="the training network") if cfg.train.compile else net
+    run = Run(cfg=cfg, info=info, embedder=embedder, splits=splits, forward=forward,
               loader=loader, model=model, net=net, loss=loss, optimizer=optimizer,
               scheduler=build_scheduler(cfg.optim, optimizer, steps, cfg.train.epochs),
-              scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), steps_per_epoch=steps,
+              scaler=torch.amp.GradScaler(device.type, enabled=embedder.dtype == torch.float16), steps_per_epoch=steps,
               num_classes=num_classes, run_dir=Path(cfg.train.out_dir), final_dir=Path(cfg.train.out_dir))
     if state is not None:
         run.restore(state)
-    dist_utils.broadcast_parameters(loss, info)
+    parallel.broadcast_parameters(loss, info)
     _open_run_dir(run, overwrite, state)
     _log_start(run)
     return run
@@ -247,7 +261,7 @@ def close_run(run: Run, finished: bool) -> None:
         run.log_handler.close()
     if run.writer is not None:
         run.writer.close()
-    dist_utils.shutdown(run.info)
+    parallel.shutdown(run.info)
     if not finished and run.run_dir != run.final_dir and run.run_dir.exists():
         shutil.rmtree(run.run_dir, ignore_errors=True)
         log.warning("the new run stopped before its first epoch; %s is unchanged", run.final_dir)

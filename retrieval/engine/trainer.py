@@ -18,7 +18,7 @@ from ..losses import LossOutput
 from ..progress import progress
 from ..runtime import autocast
 from ..schema import Config
-from . import distributed as dist_utils
+from .. import parallel
 from .run import Run, close_run, setup_run
 from .run_dir import commit_epoch, replace_with_staging
 
@@ -78,7 +78,7 @@ def train_step(run: Run, images: torch.Tensor, labels: torch.Tensor) -> LossOutp
     images = images.to(run.device, non_blocking=True, memory_format=run.memory_format)
     labels = labels.to(run.device, non_blocking=True)
     with autocast(run.device, run.dtype):
-        embeddings, logits = run.net(images)
+        embeddings, logits = run.forward(images)
     out = run.loss(embeddings, logits, labels)
     if not torch.isfinite(out.total):
         p = run.progress
@@ -88,7 +88,7 @@ def train_step(run: Run, images: torch.Tensor, labels: torch.Tensor) -> LossOutp
             "Try a lower optim.lr or train.precision=fp32.")
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(out.total).backward()
-    dist_utils.sync_loss_gradients(run.loss, run.info)
+    parallel.sync_loss_gradients(run.loss, run.info)
     if run.cfg.train.grad_clip > 0:
         run.scaler.unscale_(run.optimizer)
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.train.grad_clip)
@@ -132,7 +132,7 @@ def _evaluate_if_due(run: Run) -> dict:
     due = epoch == cfg.train.epochs or (cfg.train.eval_every > 0 and epoch % cfg.train.eval_every == 0)
     if not (due and run.info.is_main):
         return {}
-    run.progress.metrics = evaluate_splits(run.model, run.splits, cfg, run.device)
+    run.progress.metrics = evaluate_splits(run.embedder, run.splits, cfg)
     return run.progress.metrics
 
 
@@ -161,10 +161,10 @@ def _write_epoch(run: Run, row: dict, metrics: dict) -> None:
 
 def end_of_epoch(run: Run, stats: dict) -> dict:
     """Evaluate when due, write the run folder (rank 0), keep ranks in step; returns the metrics.csv row."""
-    dist_utils.broadcast_buffers(run.model, run.info)
+    parallel.broadcast_buffers(run.model, run.info)
     metrics = _evaluate_if_due(run)
     row = {"epoch": run.progress.epoch, "step": run.progress.step, **stats, **metrics}
     if run.info.is_main:
         _write_epoch(run, row, metrics)
-    dist_utils.barrier(run.info)
+    parallel.barrier(run.info)
     return row

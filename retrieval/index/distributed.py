@@ -35,8 +35,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError, DistributedError
+from ..errors import DataError
 from ..files import atomic_path, atomic_write_text, remove_stale_temporaries, sha256_file, writer_lock
+from ..parallel import DistInfo, barrier, from_rank0
 from .shards import build_shard, merge_shards, train_empty_index
 
 log = logging.getLogger(__name__)
@@ -101,32 +102,8 @@ def _matches(receipt: dict | None, expected: dict) -> bool:
     return receipt is not None and all(receipt.get(k) == v for k, v in expected.items())
 
 
-def _collective(op, what: str):
-    """Run a torch.distributed collective; a peer that died becomes one clear error instead of gloo's."""
-    try:
-        return op()
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DistributedError(f"{what}: another rank failed or was killed (its own error is above); finished "
-                               f"shards are kept, rerun the same command to resume ({first[:160]})") from None
-
-
-def _barrier(world_size: int, what: str) -> None:
-    if world_size > 1:
-        import torch.distributed as dist  # only under torchrun: `import retrieval.index` stays torch-free
-
-        _collective(dist.barrier, what)
-
-
-def _from_rank0(value, world_size: int):
-    """Rank 0's ``value`` on every rank (one decision, even if the shared file system lags)."""
-    if world_size == 1:
-        return value
-    import torch.distributed as dist
-
-    box = [value]
-    _collective(lambda: dist.broadcast_object_list(box, src=0), "waiting for rank 0")
-    return box[0]
+# What a rank that lost its peers tells the user (retrieval.parallel turns gloo's error into this).
+RESUME_HINT = "finished shards are kept, rerun the same command to resume"
 
 
 def _sample_rows(count: int, train_size: int | None, seed: int) -> np.ndarray:
@@ -135,15 +112,15 @@ def _sample_rows(count: int, train_size: int | None, seed: int) -> np.ndarray:
     return np.sort(rng.choice(count, size=min(count, train_size or count), replace=False))
 
 
-def _train(work: Path, embeddings: np.ndarray, bounds: list[tuple[int, int]], rank: int, factory: str,
+def _train(work: Path, embeddings: np.ndarray, bounds: list[tuple[int, int]], info: DistInfo, factory: str,
            rows: np.ndarray, trained_key: dict) -> None:
     """Each rank writes its part of the sample; rank 0 trains on all of it in row order and writes trained.faiss."""
-    world_size = len(bounds)
+    rank, world_size = info.rank, info.world_size
     start, stop = bounds[rank]
     mine = rows[(rows >= start) & (rows < stop)] - start
     with atomic_path(work / _sample_name(rank, world_size)) as tmp, open(tmp, "wb") as fh:
         np.save(fh, embeddings[mine])
-    _barrier(world_size, "waiting for every rank's training sample")
+    barrier(info, "waiting for every rank's training sample", RESUME_HINT)
     if rank == 0:
         parts = [work / _sample_name(r, world_size) for r in range(world_size)]
         sample = np.concatenate([np.load(p) for p in parts])
@@ -152,7 +129,7 @@ def _train(work: Path, embeddings: np.ndarray, bounds: list[tuple[int, int]], ra
         _write_receipt(trained, {**trained_key, "sha256": sha256_file(trained)})
         for p in parts:
             p.unlink()
-    _barrier(world_size, "waiting for rank 0 to train the index")
+    barrier(info, "waiting for rank 0 to train the index", RESUME_HINT)
 
 
 def _clean_work_dir(work: Path, world_size: int) -> None:
@@ -229,7 +206,7 @@ def build_distributed_index(embed: Callable[[int, int], np.ndarray], metadata: p
     """
     work = Path(work_dir) if work_dir is not None else work_dir_for(out_dir)
     with writer_lock(work, "distributed build") if rank == 0 else contextlib.nullcontext():
-        return _build(embed, metadata, Path(out_dir), work, factory=factory, rank=rank, world_size=world_size,
+        return _build(embed, metadata, Path(out_dir), work, factory=factory, info=DistInfo(rank, world_size),
                       checkpoint_sha256=checkpoint_sha256, train_size=train_size, seed=seed,
                       manifest_extra=manifest_extra, overwrite=overwrite, keep_shards=keep_shards,
                       save_embeddings=save_embeddings)
@@ -252,47 +229,74 @@ def _embed_slice(embed, work: Path, rank: int, world_size: int, start: int, stop
     return embeddings
 
 
-def _build(embed, metadata: pd.DataFrame, out_dir: Path, work: Path, *, factory: str, rank: int, world_size: int,
+def _keys(metadata: pd.DataFrame, bounds: list[tuple[int, int]], rank: int, factory: str, checkpoint_sha256: str,
+          sample_size: int, seed: int) -> tuple[dict, dict]:
+    """(trained key, shard key): what the receipts of an earlier run's trained index and this rank's shard must hold."""
+    start, stop = bounds[rank]
+    trained_key = {"factory": factory, "checkpoint_sha256": checkpoint_sha256, "count": len(metadata),
+                   "table_sha256": table_sha256(metadata) if rank == 0 else None, "sample_size": sample_size,
+                   "seed": seed}
+    shard_key = {"factory": factory, "checkpoint_sha256": checkpoint_sha256, "start": start, "stop": stop,
+                 "table_sha256": table_sha256(metadata.iloc[start:stop]), "rank": rank, "world_size": len(bounds)}
+    return trained_key, shard_key
+
+
+def _slice_key(shard_key: dict) -> dict:
+    # a slice's embeddings do not depend on the index type: a rerun with another factory reuses them
+    return {k: v for k, v in shard_key.items() if k != "factory"}
+
+
+def _shard_path(work: Path, shard_key: dict) -> Path:
+    return work / _shard_name(shard_key["rank"], shard_key["world_size"])
+
+
+def _reusable(work: Path, shard_key: dict, trained_sha: str | None, save_embeddings: bool) -> bool:
+    """Whether an earlier run's shard of this rank (built on the trained index ``trained_sha``) can be kept."""
+    if trained_sha is None:
+        return False
+    if _usable(_shard_path(work, shard_key), {**shard_key, "trained_sha256": trained_sha}) is None:
+        return False
+    if not save_embeddings:  # with it, the shard alone is not enough: the merge also needs the saved slice
+        return True
+    path = work / _embeddings_name(shard_key["rank"], shard_key["world_size"])
+    return _usable(path, _slice_key(shard_key)) is not None
+
+
+def _write_shard(work: Path, embeddings: np.ndarray | None, shard_key: dict, trained_sha: str, reuse: bool) -> None:
+    """This rank's shard: kept from an earlier run when ``reuse``, else built from ``embeddings``."""
+    rank, world_size, start, stop = (shard_key[k] for k in ("rank", "world_size", "start", "stop"))
+    name = _shard_path(work, shard_key).name
+    if reuse:
+        log.info("rank %d/%d: reusing finished shard %s (ids %d..%d)", rank, world_size, name, start, stop - 1)
+        return
+    log.info("rank %d/%d: building shard %s (ids %d..%d)", rank, world_size, name, start, stop - 1)
+    _build_shard(work, embeddings, start, {**shard_key, "trained_sha256": trained_sha})
+
+
+def _build(embed, metadata: pd.DataFrame, out_dir: Path, work: Path, *, factory: str, info: DistInfo,
            checkpoint_sha256: str, train_size: int | None, seed: int, manifest_extra: dict | None, overwrite: bool,
            keep_shards: bool, save_embeddings: bool) -> dict | None:
-    count = len(metadata)
-    bounds = slice_bounds(count, world_size)
-    start, stop = bounds[rank]
-    if rank == 0:
-        _prepare(work, world_size)
-    _barrier(world_size, "waiting for rank 0 to create the work folder")
-
-    rows = _sample_rows(count, train_size, seed)
-    trained_key = {"factory": factory, "checkpoint_sha256": checkpoint_sha256, "count": count,
-                   "table_sha256": table_sha256(metadata) if rank == 0 else None, "sample_size": len(rows),
-                   "seed": seed}
-    trained_sha = _from_rank0(_usable(work / TRAINED_FILE, trained_key) if rank == 0 else None, world_size)
-    shard_path = work / _shard_name(rank, world_size)
-    shard_key = {"factory": factory, "checkpoint_sha256": checkpoint_sha256, "start": start, "stop": stop,
-                 "table_sha256": table_sha256(metadata.iloc[start:stop]), "rank": rank, "world_size": world_size}
-    reuse = trained_sha is not None and _usable(shard_path, {**shard_key, "trained_sha256": trained_sha}) is not None
-    # a slice's embeddings do not depend on the index type: a rerun with another factory reuses them
-    slice_key = {k: v for k, v in shard_key.items() if k != "factory"}
-    if reuse and save_embeddings:  # the shard alone is not enough: the merge also needs the saved slice
-        reuse = _usable(work / _embeddings_name(rank, world_size), slice_key) is not None
-
-    embeddings = None
-    if not reuse:
-        embeddings = _embed_slice(embed, work, rank, world_size, start, stop, slice_key, save_embeddings)
+    """The steps of ``build_distributed_index`` on one rank: prepare, embed, train, shard, merge."""
+    bounds = slice_bounds(len(metadata), info.world_size)
+    if info.is_main:
+        _prepare(work, info.world_size)
+    barrier(info, "waiting for rank 0 to create the work folder", RESUME_HINT)
+    rows = _sample_rows(len(metadata), train_size, seed)
+    trained_key, shard_key = _keys(metadata, bounds, info.rank, factory, checkpoint_sha256, len(rows), seed)
+    trained_sha = from_rank0(_usable(work / TRAINED_FILE, trained_key) if info.is_main else None, info,
+                             hint=RESUME_HINT)
+    reuse = _reusable(work, shard_key, trained_sha, save_embeddings)
+    embeddings = None if reuse else _embed_slice(embed, work, info.rank, info.world_size, *bounds[info.rank],
+                                                 _slice_key(shard_key), save_embeddings)
     if trained_sha is None:
-        _train(work, embeddings, bounds, rank, factory, rows, trained_key)
-        trained_sha = _from_rank0(sha256_file(work / TRAINED_FILE) if rank == 0 else None, world_size)
-        reuse = _usable(shard_path, {**shard_key, "trained_sha256": trained_sha}) is not None
-    if reuse:
-        log.info("rank %d/%d: reusing finished shard %s (ids %d..%d)", rank, world_size, shard_path.name, start,
-                 stop - 1)
-    else:
-        log.info("rank %d/%d: building shard %s (ids %d..%d)", rank, world_size, shard_path.name, start, stop - 1)
-        _build_shard(work, embeddings, start, {**shard_key, "trained_sha256": trained_sha})
-    _barrier(world_size, "waiting for every rank's shard")
-    if rank != 0:
+        _train(work, embeddings, bounds, info, factory, rows, trained_key)
+        trained_sha = from_rank0(sha256_file(work / TRAINED_FILE) if info.is_main else None, info, hint=RESUME_HINT)
+        reuse = _reusable(work, shard_key, trained_sha, save_embeddings=False)
+    _write_shard(work, embeddings, shard_key, trained_sha, reuse)
+    barrier(info, "waiting for every rank's shard", RESUME_HINT)
+    if not info.is_main:
         return None
-    extra = {**(manifest_extra or {}), "distributed": {"world_size": world_size, "slices": bounds,
+    extra = {**(manifest_extra or {}), "distributed": {"world_size": info.world_size, "slices": bounds,
                                                         "train_size": len(rows), "seed": seed}}
     return _merge(work, bounds, metadata, out_dir, factory, extra, overwrite, keep_shards, save_embeddings)
 

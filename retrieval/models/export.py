@@ -1,8 +1,10 @@
-"""Export the embedding path (``RetrievalNet.forward``) to TorchScript or ONNX.
+"""Export the embedding path (``RetrievalNet.forward``) to TorchScript or ONNX, and check the file against the model.
 
 Both take an fp32 CPU copy of the model in eval mode (the caller's model is left as it
 was), name the input ``images`` (batch, 3, H, W) and the output ``embeddings``
 (batch, D) L2-normalised, keep the batch size free, and write the file atomically.
+``export`` writes either format and ``parity`` measures how far the file's embeddings are
+from the eager model's (the command ``retrieval-export`` runs both).
 """
 from __future__ import annotations
 
@@ -80,3 +82,34 @@ def onnx_embed(path: str | Path, images: np.ndarray | Tensor) -> np.ndarray:
         images = images.detach().float().cpu().numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(["embeddings"], {"images": np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+
+FORMATS = ("onnx", "torchscript")
+
+
+def torchscript_embed(path: str | Path, images: Tensor) -> np.ndarray:
+    """Run an exported TorchScript model: images (B, 3, H, W) → embeddings (B, D) float32."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated in torch 2.9+
+        loaded = torch.jit.load(str(path))
+    with torch.no_grad():
+        return loaded(images.detach().float().cpu()).numpy()
+
+
+def export(model: RetrievalNet, path: str | Path, fmt: str, image_size: int) -> Path:
+    """Write ``model``'s embedding path to ``path`` as ``fmt`` (onnx | torchscript) for image_size × image_size input."""
+    if fmt == "onnx":
+        return export_onnx(model, path, image_size)
+    if fmt == "torchscript":
+        return export_torchscript(model, path, torch.randn(2, 3, image_size, image_size))
+    raise ValueError(f"format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+
+
+def parity(model: RetrievalNet, path: str | Path, fmt: str, image_size: int, batch: int = 3, seed: int = 0) -> float:
+    """Largest |exported - eager| over the embeddings of ``batch`` seeded random images (a batch size other
+    than the export example's, so a fixed batch dimension shows)."""
+    images = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
+    exported = onnx_embed(path, images) if fmt == "onnx" else torchscript_embed(path, images)
+    with torch.no_grad():
+        eager = _export_copy(model)(images).numpy()
+    return float(np.abs(exported - eager).max())

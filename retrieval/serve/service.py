@@ -42,13 +42,11 @@ import torch
 from PIL import Image
 
 from ..data import decode_image
-from ..embed import forward_embeddings
 from ..errors import ConfigError, IndexFormatError
 from ..files import atomic_write_bytes, writer_lock
-from ..gallery import Embedder, Gallery, build_gallery, open_embedder, open_gallery
+from ..gallery import CheckpointEmbedder, Gallery, build_gallery, open_embedder, open_gallery
 from ..index import MANIFEST_FILE, read_manifest, remove_entries
 from ..rerank import GalleryAccess, RerankSpec, gallery_access, parse_rerank, rerank_search
-from ..runtime import resolve_precision
 from .batcher import MicroBatcher
 
 log = logging.getLogger(__name__)
@@ -70,6 +68,8 @@ class Settings:
     index: Path
     device: str = "auto"
     precision: str = "auto"
+    runtime: str = "torch"  # what runs the network: torch | onnxruntime (retrieval.execution)
+    compile: bool = False  # torch.compile the network (torch runtime)
     max_batch: int = 32  # images per forward pass
     # 0: a forward pass takes every request already queued and starts at once, so a lone query waits
     # for nothing and, under load, requests that arrived during one pass share the next.
@@ -96,15 +96,14 @@ class RetrievalService:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.embedder: Embedder = open_embedder(settings.checkpoint, settings.device, workers=0,
-                                                precision=settings.precision)
+        self.embedder: CheckpointEmbedder = open_embedder(settings.checkpoint, settings.device, workers=0,
+                                                precision=settings.precision, runtime=settings.runtime,
+                                                compile=settings.compile)
+        if settings.runtime != "torch" or settings.compile:
+            self._warm_up()  # export / compile now, not on a user's first request
         self._stamp: tuple | None = None
         self.gallery: Gallery = self._load()
         self.uploads = settings.index.parent / f"{settings.index.name}.uploads"
-        self._dtype = resolve_precision(settings.precision, self.embedder.device, flag="--precision")
-        fmt = torch.channels_last if self.embedder.cfg.train.channels_last else torch.contiguous_format
-        self._memory_format = fmt
-        self.embedder.model.to(memory_format=fmt).eval()
         self.batcher = MicroBatcher(self._forward, settings.max_batch, settings.batch_wait_ms)
         self._write = threading.Lock()
         self.default_rerank = self._bounded(parse_rerank(settings.rerank, "--rerank"), "--rerank")
@@ -118,9 +117,13 @@ class RetrievalService:
     def close(self) -> None:
         self.batcher.close()
 
+    def _warm_up(self) -> None:
+        size = int(self.embedder.cfg.data.image_size)
+        for batch in sorted({1, self.settings.max_batch}):  # compiled graphs may specialise on the batch size
+            self.embedder.embed(torch.zeros(batch, 3, size, size))
+
     def _forward(self, images: torch.Tensor) -> np.ndarray:
-        return forward_embeddings(self.embedder.model, images, self.embedder.device, self._dtype,
-                                  self._memory_format).numpy()
+        return self.embedder.embed(images).numpy()
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from retrieval.checkpoint import load_model
 from retrieval.cli.build_index import main
 from retrieval.data import build_transforms
 from retrieval.data import table_from_folder
-from retrieval.embed import embed_table
+from retrieval.embed import Embedder
 from retrieval.files import sha256_file
 from retrieval.index import load_index
 
@@ -33,8 +33,8 @@ def test_images_folder_round_trip_with_embeddings(assets, tmp_path, capsys):
     assert manifest["config"]["model"]["backbone"] == "resnet18"
     assert meta["label"].tolist() == [f"class{c}" for c in range(3) for _ in range(3)]
     model, cfg, _ = load_model(assets["ckpt"], "cpu")
-    ref = embed_table(model, table_from_folder(assets["gallery"]), build_transforms(cfg.data, train=False), "cpu",
-                      num_workers=0, precision="fp32", progress=False)
+    embedder = Embedder(model, "cpu", "fp32", workers=0, transform=build_transforms(cfg.data, train=False))
+    ref = embedder.embed_table(table_from_folder(assets["gallery"]), progress=False)
     stored = np.load(out_dir / "embeddings.npy")
     np.testing.assert_allclose(stored, ref, atol=1e-5)
     _, ids = index.search(stored, 1)

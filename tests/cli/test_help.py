@@ -33,6 +33,8 @@ FAILING = {
     "retrieval-viz": (["curve", "{tmp}/absent", "--out", "{tmp}/c.png"], "absent"),
     "retrieval-demo": (["--config", "{tmp}/absent.yaml", "--out", "{tmp}/demo"], "config file not found"),
     "retrieval-serve": (["--checkpoint", "{tmp}/absent.pt", "--index", "{tmp}"], "checkpoint not found"),
+    "retrieval-export": (["--checkpoint", "{tmp}/absent.pt", "--format", "torchscript", "--out", "{tmp}/m.pt"],
+                         "checkpoint not found"),
 }
 SUBCOMMANDS = {"retrieval-viz"}  # -q / -v belong to each sub-command: `retrieval-viz curve -v ...`
 

@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from retrieval.config import LossConfig, OptimConfig
-from retrieval.engine import distributed as dist_utils
+from retrieval import parallel
 from retrieval.engine.run import Progress
 from retrieval.engine.trainer import train_step
 from retrieval.losses import RetrievalLoss
@@ -60,7 +60,7 @@ def _batches():
     return [(torch.randn(BATCH, IN_DIM, generator=gen) + labels[:, None].float(), labels) for _ in range(STEPS)]
 
 
-def _train(loss_name: str, info: dist_utils.DistInfo) -> tuple[dict, dict]:
+def _train(loss_name: str, info: parallel.DistInfo) -> tuple[dict, dict]:
     """SGD steps of ``train_step`` on this rank's part of each batch, in float64; (network, loss) state dicts."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
@@ -70,13 +70,13 @@ def _train(loss_name: str, info: dist_utils.DistInfo) -> tuple[dict, dict]:
         torch.set_default_dtype(previous)
 
 
-def _train_in_default_dtype(loss_name: str, info: dist_utils.DistInfo) -> tuple[dict, dict]:
+def _train_in_default_dtype(loss_name: str, info: parallel.DistInfo) -> tuple[dict, dict]:
     torch.manual_seed(SEED + info.rank)  # ranks start apart: DDP and broadcast_parameters must align them
     model = TinyNet()
     loss = RetrievalLoss(LOSSES[loss_name], CLASSES, DIM, distributed=info.enabled).double()  # PML's proxies are float32
     optimizer = build_optimizer(OptimConfig(name="sgd", lr=0.5, momentum=0.9, proxy_lr_mult=10.0), model, loss)
     net = torch.nn.parallel.DistributedDataParallel(model) if info.enabled else model
-    dist_utils.broadcast_parameters(loss, info)
+    parallel.broadcast_parameters(loss, info)
     run = SimpleNamespace(device=torch.device("cpu"), memory_format=torch.contiguous_format, dtype=None, net=net,
                           loss=loss, optimizer=optimizer, info=info, progress=Progress(), steps_per_epoch=STEPS,
                           cfg=SimpleNamespace(train=SimpleNamespace(grad_clip=0.0)),
@@ -122,7 +122,7 @@ def _assert_close(name: str, got: dict, want: dict) -> None:
 
 
 def _check(loss_name: str, out: Path) -> None:
-    model_ref, loss_ref = _train(loss_name, dist_utils.DistInfo())
+    model_ref, loss_ref = _train(loss_name, parallel.DistInfo())
     torch.manual_seed(SEED)
     start = TinyNet().state_dict()  # the initial weights (rank 0's): training must have moved them
     assert any((model_ref[k] - start[k]).abs().max() > 1e-2 for k in start)
@@ -144,12 +144,12 @@ def test_ddp_triplet_matches_one_process_on_the_whole_batch(ranks_out):
 
 def _worker(out_dir: str) -> None:
     torch.set_num_threads(1)
-    info = dist_utils.init_distributed("cpu")
+    info = parallel.init_distributed("cpu")
     assert info.world_size == WORLD
     for loss_name in LOSSES:
         model, loss = _train(loss_name, info)
         torch.save({"model": model, "loss": loss}, f"{out_dir}/{loss_name}_rank{info.rank}.pt")
-    dist_utils.shutdown(info)
+    parallel.shutdown(info)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ def _validation(monkeypatch, values):
     real = evaluate.evaluate_splits
     calls = iter(values)
 
-    def fake(model, splits, cfg, device, progress=True):
-        return {**real(model, splits, cfg, device, progress), "val_recall@1": next(calls)}
+    def fake(embedder, splits, cfg, progress=True):
+        return {**real(embedder, splits, cfg, progress), "val_recall@1": next(calls)}
 
     monkeypatch.setattr(evaluate, "evaluate_splits", fake)
 

@@ -139,3 +139,20 @@ def test_ddp_two_cpu_ranks_end_identical(data_root, tmp_path):
         assert torch.equal(a[k], b[k]), k
     saved = read_checkpoint(tmp_path / "ddp" / "last.pt")  # written by rank 0 only
     assert saved["step"] == 3 and all(torch.equal(saved["model"][k], a[k]) for k in a)
+
+
+def test_compiled_training_follows_the_eager_one(data_root, tmp_path, monkeypatch, caplog):
+    """train.compile runs the training forward through torch.compile (dynamo with the eager backend here:
+    the wiring without minutes of C++ compilation) and trains the same network, to float tolerance."""
+    import retrieval.execution
+
+    monkeypatch.setattr(retrieval.execution, "COMPILE_BACKEND", "eager")
+    torch._dynamo.reset()
+    steps = ["train.epochs=1", "train.steps_per_epoch=3", "train.precision=fp32", "train.eval_every=0"]
+    eager = train(_cfg(data_root, tmp_path / "eager", *steps)).row
+    with caplog.at_level("INFO", logger="retrieval.execution"):
+        compiled = train(_cfg(data_root, tmp_path / "compiled", *steps, "train.compile=true")).row
+    assert any("compiled the training network" in r.getMessage() for r in caplog.records)
+    assert not any("failed" in r.getMessage() for r in caplog.records)
+    assert compiled["metric_loss"] == pytest.approx(eager["metric_loss"], rel=1e-3, abs=1e-4)
+    assert compiled["recall@1"] == pytest.approx(eager["recall@1"], abs=0.02)

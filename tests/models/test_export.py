@@ -1,13 +1,12 @@
 """Exported embedding paths give the eager model's embeddings, for a batch size other than the example's."""
 import sys
-import warnings
 
 import pytest
 import torch
 
 from retrieval.config import ModelConfig
 from retrieval.models import build_model
-from retrieval.models.export import export_onnx, export_torchscript, onnx_embed
+from retrieval.models.export import export_onnx, export_torchscript, onnx_embed, parity, torchscript_embed
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +24,9 @@ def model():
 def test_torchscript_parity(model, tmp_path):
     path = export_torchscript(model, tmp_path / "embed.pt", torch.randn(2, 3, 64, 64))
     assert model.training  # the caller's model is left as it was
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated in torch 2.9+
-        loaded = torch.jit.load(str(path))
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model.eval()(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.from_numpy(torchscript_embed(path, x)), model.eval()(x), atol=1e-5, rtol=1e-5)
     model.train()
 
 
@@ -57,3 +53,15 @@ def test_onnx_without_onnxscript_falls_back_to_the_legacy_exporter(model, tmp_pa
         ref = model.eval()(x).numpy()
     model.train()
     assert abs(onnx_embed(path, x) - ref).max() < 1e-4
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_parity_is_small_for_a_faithful_export(model, tmp_path, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
+    from retrieval.models.export import export
+
+    path = export(model, tmp_path / f"embed.{fmt}", fmt, image_size=64)
+    assert parity(model, path, fmt, image_size=64) < 1e-4
+    assert model.training  # the caller's model is left as it was

@@ -204,3 +204,19 @@ def test_neighbours_work_once_faiss_torch_utils_is_imported(client_for, index_di
 
     hits = client_for(index_dir).get("/items/4/neighbours", params={"k": 2}).json()["queries"][0]["results"]
     assert hits[0]["id"] == 4
+
+
+def test_search_through_onnxruntime_matches_torch(client_for, index_dir, assets, caplog):
+    """--runtime onnxruntime: the service exports the network at start-up and answers like the torch runtime."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    files = upload(assets["paths"][7], assets["paths"][2])
+    torch_hits = client_for(index_dir).post("/search", params={"k": 3}, files=files).json()["queries"]
+    with caplog.at_level("INFO", logger="retrieval.execution"):
+        onnx_client = client_for(index_dir, runtime="onnxruntime")
+    assert any("ONNX Runtime" in r.getMessage() for r in caplog.records)  # exported at start-up, not on a request
+    onnx_hits = onnx_client.post("/search", params={"k": 3}, files=files).json()["queries"]
+    for ours, theirs in zip(onnx_hits, torch_hits):
+        assert [r["id"] for r in ours["results"]] == [r["id"] for r in theirs["results"]]
+        np.testing.assert_allclose([r["score"] for r in ours["results"]], [r["score"] for r in theirs["results"]],
+                                   atol=1e-4)

@@ -1,16 +1,25 @@
-"""torch.distributed set-up for ``torchrun``: NCCL on GPUs, gloo on CPU."""
+"""The one wrapper around ``torch.distributed`` (``torchrun`` jobs): NCCL on GPUs, gloo on CPU.
+
+Training (``engine/``), the sharded index build (``index/distributed.py``) and the commands
+(``cli/build_index.py``) join, wait, broadcast and leave through these functions. torch is
+imported inside them, so importing this module (and ``retrieval.index``) stays torch-free.
+"""
 from __future__ import annotations
 
 import datetime
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-import torch.distributed as dist
+from .errors import DistributedError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
 class DistInfo:
+    """This process's place in the job: rank, world size and the GPU it drives (local rank)."""
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -24,15 +33,23 @@ class DistInfo:
         return self.world_size > 1
 
 
+def world_size_from_env() -> int:
+    """WORLD_SIZE as torchrun sets it (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(device_name: str, timeout: datetime.timedelta | None = None) -> DistInfo:
     """Join the process group torchrun describes in the environment (no-op for one process).
 
     ``timeout``: how long a collective (a barrier) may wait; torch's default (30 min for gloo)
     when None.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size_from_env()
     if world <= 1:
         return DistInfo()
+    import torch
+    import torch.distributed as dist
+
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
     if not dist.is_initialized():
@@ -46,18 +63,48 @@ def init_distributed(device_name: str, timeout: datetime.timedelta | None = None
 def device_for(info: DistInfo, device: torch.device) -> torch.device:
     """Each rank drives its own GPU."""
     if device.type == "cuda" and info.enabled:
+        import torch
+
         return torch.device("cuda", info.local_rank)
     return device
 
 
-def barrier(info: DistInfo) -> None:
+def _collective(op: Callable[[], Any], what: str | None, hint: str):
+    """Run a collective; with ``what``, a peer that died becomes one DistributedError (what; hint) instead of gloo's."""
+    if what is None:
+        return op()
+    try:
+        return op()
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DistributedError(f"{what}: another rank failed or was killed (its own error is above)"
+                               f"{'; ' + hint if hint else ''} ({first[:160]})") from None
+
+
+def barrier(info: DistInfo, what: str | None = None, hint: str = "") -> None:
+    """Wait for every rank; ``what`` (and ``hint``) name the wait in the DistributedError a dead peer becomes."""
     if info.enabled:
-        dist.barrier()
+        import torch.distributed as dist
+
+        _collective(dist.barrier, what, hint)
+
+
+def from_rank0(value, info: DistInfo, what: str = "waiting for rank 0", hint: str = ""):
+    """Rank 0's ``value`` (any picklable object) on every rank: one decision, even if a shared file system lags."""
+    if not info.enabled:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    _collective(lambda: dist.broadcast_object_list(box, src=0), what, hint)
+    return box[0]
 
 
 def broadcast_parameters(module: torch.nn.Module, info: DistInfo) -> None:
     """Start every rank from rank 0's values (e.g. randomly initialised proxies)."""
     if info.enabled:
+        import torch.distributed as dist
+
         for p in module.parameters():
             dist.broadcast(p.data, src=0)
 
@@ -70,6 +117,8 @@ def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
     evaluated and checkpointed) identical on all ranks.
     """
     if info.enabled:
+        import torch.distributed as dist
+
         for b in module.buffers():
             dist.broadcast(b.data, src=0)
 
@@ -84,6 +133,8 @@ def sync_loss_gradients(module: torch.nn.Module, info: DistInfo) -> None:
     """
     if not info.enabled:
         return
+    import torch.distributed as dist
+
     for p in module.parameters():
         if p.grad is not None:
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
@@ -91,5 +142,10 @@ def sync_loss_gradients(module: torch.nn.Module, info: DistInfo) -> None:
 
 
 def shutdown(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+    """Leave the process group (no-op for one process)."""
+    if not info.enabled:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
         dist.destroy_process_group()

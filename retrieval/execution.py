@@ -1,0 +1,125 @@
+"""How a network's forward pass runs: eager PyTorch, ``torch.compile``, or ONNX Runtime.
+
+``Embedder`` (``retrieval.embed``) and the training loop ask this module for a callable that
+stands in for the network; both keep the network itself (its state dict is what checkpoints
+hold). Three ways:
+
+- ``torch``: the network as it is (eager).
+- ``torch`` + compile: ``torch.compile`` (TorchInductor by default). Compilation happens on the
+  first call (tens of seconds for a ResNet on a CPU) and again for a new input shape; the time
+  is logged and kept in ``seconds_compiling``. Where compilation fails (no C++ compiler, an
+  unsupported operator, an old CPU) the first call logs one warning that names the reason and
+  the network runs eagerly from then on: compiling is an optimisation, never a new failure.
+- ``onnxruntime``: the embedding path exported to ONNX (``models.export.export_onnx``) and run
+  by ONNX Runtime's CPU provider, fp32. The export happens on the first call, for that call's
+  image size. Only ``forward`` (embeddings) is exported: training and the explanation maps
+  (gradients) stay on torch.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError, RetrievalError
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "onnxruntime")
+COMPILE_BACKEND = "inductor"  # torch.compile's default; tests use "eager" (dynamo only) to stay fast
+
+
+class CompiledOrEager:
+    """``torch.compile(module)`` that falls back to ``module`` itself when compilation fails.
+
+    Our own errors (bad images, a wrong config) pass through unchanged: they are not
+    compilation failures and would fail eagerly too.
+    """
+
+    def __init__(self, module: nn.Module, backend: str | None = None, what: str = "the network"):
+        self.module, self.what, self.backend = module, what, backend or COMPILE_BACKEND
+        self.compiled = torch.compile(module, backend=self.backend)
+        self.failed: str | None = None  # the reason compilation was given up, if it was
+        self.seconds_compiling = 0.0
+        self._shapes: set[tuple] = set()
+
+    def __call__(self, *args: Tensor) -> object:
+        if self.failed is not None:
+            return self.module(*args)
+        shape = tuple(tuple(a.shape[1:]) for a in args if isinstance(a, Tensor))
+        start = time.perf_counter()
+        try:
+            out = self.compiled(*args)
+        except RetrievalError:
+            raise
+        except Exception as err:  # noqa: BLE001 — any compiler failure: fall back, say why once
+            self.failed = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            log.warning("torch.compile of %s failed (%s); running it eagerly instead", self.what, self.failed)
+            return self.module(*args)
+        if shape not in self._shapes:  # the first call per input shape includes its compilation
+            self._shapes.add(shape)
+            spent = time.perf_counter() - start
+            self.seconds_compiling += spent
+            log.info("compiled %s for inputs %s with torch.compile (%s backend) in %.1f s", self.what, shape,
+                     self.backend, spent)
+        return out
+
+
+class OnnxNetwork:
+    """A network's embedding path run by ONNX Runtime: images (B, 3, H, W) → embeddings (B, D) float32.
+
+    threads: ONNX Runtime's intra-op threads (default: torch's thread count, so both runtimes
+    use the same cores).
+    """
+
+    def __init__(self, model: nn.Module, threads: int | None = None):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ConfigError("--runtime onnxruntime needs onnxruntime (and onnxscript to export): "
+                              "pip install 'cbam-cgd-retrieval[export]'") from None
+        self._ort = onnxruntime
+        self.model = model
+        self.threads = threads or torch.get_num_threads()
+        self.sessions: dict[tuple[int, int], object] = {}
+        self.seconds_exporting = 0.0
+
+    def _session(self, height: int, width: int):
+        from .models.export import export_onnx
+
+        if height != width:
+            raise ConfigError(f"--runtime onnxruntime: the export takes square images, got {height}×{width}")
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(self.model, Path(tmp) / "model.onnx", image_size=height)
+            data = path.read_bytes()
+        options = self._ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        session = self._ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        spent = time.perf_counter() - start
+        self.seconds_exporting += spent
+        log.info("exported the network to ONNX for %d px and opened it in ONNX Runtime %s (%d threads) in %.1f s",
+                 height, self._ort.__version__, self.threads, spent)
+        return session
+
+    def __call__(self, images: Tensor) -> Tensor:
+        key = (int(images.shape[2]), int(images.shape[3]))
+        if key not in self.sessions:
+            self.sessions[key] = self._session(*key)
+        array = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.sessions[key].run(["embeddings"], {"images": array})[0])
+
+
+def check_runtime(runtime: str, device: torch.device, precision: str, flag: str = "--runtime") -> None:
+    """A runtime this device and precision can use; else ConfigError naming the flag."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"{flag}: '{runtime}' is not one of {', '.join(RUNTIMES)}")
+    if runtime == "onnxruntime" and device.type != "cpu":
+        raise ConfigError(f"{flag} onnxruntime runs on the CPU here; got device {device} (use --device cpu)")
+    if runtime == "onnxruntime" and precision not in ("auto", "fp32"):
+        raise ConfigError(f"--precision {precision}: {flag} onnxruntime runs fp32 (use --precision auto or fp32)")
