@@ -86,7 +86,7 @@ def run(args) -> dict:
             emb = embedder.embed_table(table, progress=False)
             return search(index, emb, K)
 
-        image = transform(load_image(path)).unsqueeze(0).to(device).contiguous(memory_format=torch.channels_last)
+        image = transform(load_image(path)).unsqueeze(0).to(device).contiguous(memory_format=embedder.memory_format)
 
         def forward():
             with torch.inference_mode(), autocast(device, dtype):

@@ -1,4 +1,4 @@
-"""The package's shape: imports run one way (no cycles), the training loop stays in small functions."""
+"""The package's shape: imports run one way (no cycles), functions fit on a screen (a few listed exceptions)."""
 from __future__ import annotations
 
 import ast
@@ -126,12 +126,33 @@ def test_config_validation_still_loads_the_registries():
     assert {"torch", "pytorch_metric_learning"} <= loaded
 
 
-def test_engine_functions_fit_on_a_screen():
-    long = []
-    for path in (PACKAGE / "engine").glob("*.py"):
+SCREEN = 40  # lines a function may take (STYLE.md 10: most functions fit on a screen)
+# Longer functions, each with the reason it stays long; a function that is split leaves this list.
+LONG_FUNCTIONS = {
+    "cli/common.py:cli_main": "a decorator: its body is the two wrappers it returns (errors to exit codes, and "
+                              "torchrun's record around them), which read best beside each other",
+    "cli/demo.py:main": "the demo as a script read top to bottom (train, index, query, pictures, table), one call "
+                        "per step",
+    "cli/query.py:main": "flag checks, then one call per output (table, grid, explanations, --eval); not split in "
+                         "issue 24, which named four other functions",
+    "coerce.py:coerce": "the one coercion function (issue 24 item 6): one rule per target type, read as one table",
+    "viz/attention.py:attention_figure": "one figure's layout (rows of images, gate maps, labels), drawn in order",
+}
+
+
+def _long_functions() -> dict[str, int]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = node.end_lineno - node.lineno + 1
-                if length > 40:
-                    long.append(f"{path.name}:{node.name} ({length} lines)")
-    assert not long, long
+                if length > SCREEN:
+                    found[f"{path.relative_to(PACKAGE).as_posix()}:{node.name}"] = length
+    return found
+
+
+def test_functions_fit_on_a_screen():
+    long = _long_functions()
+    assert not {k: v for k, v in long.items() if k not in LONG_FUNCTIONS}, "split these into named steps, or add " \
+        "them to LONG_FUNCTIONS with the reason they stay long"
+    assert not set(LONG_FUNCTIONS) - set(long), "these now fit: remove them from LONG_FUNCTIONS"

@@ -89,6 +89,23 @@ class GlobalDescriptor(nn.Module):
         return f"{self.kind}, p={self.p.item():.3g}, learnable={isinstance(self.p, nn.Parameter)}"
 
 
+def _check_head(descriptors: str, embedding_dim: int, num_classes: int, temperature: float, embedding_bn: bool,
+                metric_on: str, classifier_on: str) -> None:
+    """CGDHead's arguments, or ValueError naming the first wrong one."""
+    if embedding_dim <= 0 or embedding_dim % len(descriptors):
+        raise ValueError(f"embedding_dim: {embedding_dim} is not a positive multiple of the {len(descriptors)} "
+                         f"descriptors '{descriptors}'")
+    if num_classes < 0:
+        raise ValueError(f"num_classes: must be >= 0, got {num_classes}")
+    if temperature <= 0:
+        raise ValueError(f"temperature: must be > 0, got {temperature}")
+    if metric_on not in METRIC_INPUTS or classifier_on not in CLASSIFIER_INPUTS:
+        raise ValueError(f"metric_on / classifier_on: '{metric_on}' / '{classifier_on}' not among "
+                         f"{METRIC_INPUTS} / {CLASSIFIER_INPUTS}")
+    if (metric_on, classifier_on) != ("embedding", "descriptor") and not embedding_bn:
+        raise ValueError("metric_on=pre_bn and classifier_on=embedding need embedding_bn (they read around its BN)")
+
+
 class CGDHead(nn.Module):
     """Feature map (B, C, H, W) → embeddings (B, embedding_dim), L2-normalised, float32.
 
@@ -111,19 +128,7 @@ class CGDHead(nn.Module):
     ) -> None:
         super().__init__()
         descriptors = parse_descriptors(descriptors)
-        if embedding_dim <= 0 or embedding_dim % len(descriptors):
-            raise ValueError(
-                f"embedding_dim: {embedding_dim} is not a positive multiple of the {len(descriptors)} "
-                f"descriptors '{descriptors}'")
-        if num_classes < 0:
-            raise ValueError(f"num_classes: must be >= 0, got {num_classes}")
-        if temperature <= 0:
-            raise ValueError(f"temperature: must be > 0, got {temperature}")
-        if metric_on not in METRIC_INPUTS or classifier_on not in CLASSIFIER_INPUTS:
-            raise ValueError(f"metric_on / classifier_on: '{metric_on}' / '{classifier_on}' not among "
-                             f"{METRIC_INPUTS} / {CLASSIFIER_INPUTS}")
-        if (metric_on, classifier_on) != ("embedding", "descriptor") and not embedding_bn:
-            raise ValueError("metric_on=pre_bn and classifier_on=embedding need embedding_bn (they read around its BN)")
+        _check_head(descriptors, embedding_dim, num_classes, temperature, embedding_bn, metric_on, classifier_on)
         self.metric_on = metric_on
         self.classifier_on = classifier_on
         self.descriptors = descriptors

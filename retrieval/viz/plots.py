@@ -75,6 +75,50 @@ def _read_run(run: str | Path | pd.DataFrame, index: int) -> tuple[pd.DataFrame,
     return frame, name
 
 
+def _metric_columns(frames: list[tuple[pd.DataFrame, str]]) -> list[str]:
+    """The union of the runs' recall@K columns, by K, then map@r when a run has it: one panel each."""
+    metrics: list[str] = []
+    for frame, _ in frames:
+        metrics += [c for c in recall_columns(frame) if c not in metrics]
+    metrics = sorted(metrics, key=lambda c: int(_RECALL.match(c).group(1)))
+    if any("map@r" in frame.columns for frame, _ in frames):
+        metrics.append("map@r")
+    return metrics
+
+
+def _draw_panels(axes, metrics: list[str], frames: list[tuple[pd.DataFrame, str]], names: list[str]) -> None:
+    """One panel per metric, one line per run (in percent); x ticks on whole epochs."""
+    from matplotlib.ticker import MaxNLocator
+
+    epochs: set[float] = set()
+    for ax, metric in zip(axes, metrics):
+        for i, ((frame, _), name) in enumerate(zip(frames, names)):
+            if metric not in frame.columns:
+                continue
+            rows = frame[["epoch", metric]].dropna()
+            epochs.update(rows["epoch"].tolist())
+            ax.plot(rows["epoch"], 100 * rows[metric], marker="o", markersize=3, label=name, color=f"C{i}")
+        ax.set_title("MAP@R" if metric == "map@r" else metric.replace("recall@", "Recall@"))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    for ax in axes:  # whole epochs only, also when there is a single point
+        if 0 < len(epochs) <= 12:
+            ax.set_xticks(sorted(epochs))
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _legend_below(fig, names: list[str]) -> None:
+    """The runs' legend below the panels, so it never hides a curve."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", markersize=3, color=f"C{i}") for i in range(len(names))]
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=8, frameon=False)
+    rows_needed = (len(names) + 3) // 4
+    fig.subplots_adjust(bottom=0.18 + 0.07 * rows_needed)
+
+
 def recall_curve(runs: str | Path | pd.DataFrame | Sequence[str | Path | pd.DataFrame], out_png: str | Path,
                  labels: Sequence[str] | None = None, title: str | None = None) -> Path:
     """Plot every ``recall@K`` column and ``map@r`` against ``epoch``, one panel per metric, one line per run.
@@ -92,41 +136,12 @@ def recall_curve(runs: str | Path | pd.DataFrame | Sequence[str | Path | pd.Data
         raise ValueError(f"recall_curve: {len(labels)} labels for {len(runs)} runs")
     frames = [_read_run(run, i) for i, run in enumerate(runs)]
     names = list(labels) if labels is not None else [name for _, name in frames]
-    metrics: list[str] = []
-    for frame, _ in frames:  # union of columns, recall@K by K, MAP@R last
-        metrics += [c for c in recall_columns(frame) if c not in metrics]
-    metrics = sorted(metrics, key=lambda c: int(_RECALL.match(c).group(1)))
-    if any("map@r" in frame.columns for frame, _ in frames):
-        metrics.append("map@r")
-
-    plt = pyplot()
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import MaxNLocator
-
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False, sharex=True)
-    epochs: set[float] = set()
-    for ax, metric in zip(axes[0], metrics):
-        for i, ((frame, _), name) in enumerate(zip(frames, names)):
-            if metric not in frame.columns:
-                continue
-            rows = frame[["epoch", metric]].dropna()
-            epochs.update(rows["epoch"].tolist())
-            ax.plot(rows["epoch"], 100 * rows[metric], marker="o", markersize=3, label=name, color=f"C{i}")
-        ax.set_title("MAP@R" if metric == "map@r" else metric.replace("recall@", "Recall@"))
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    for ax in axes[0]:  # whole epochs only, also when there is a single point
-        if 0 < len(epochs) <= 12:
-            ax.set_xticks(sorted(epochs))
-            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
-        else:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    metrics = _metric_columns(frames)
+    fig, axes = pyplot().subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False, sharex=True)
+    _draw_panels(axes[0], metrics, frames, names)
     axes[0][0].set_ylabel("%")
     fig.suptitle(title or "Retrieval metrics over epochs (test classes)")
     fig.tight_layout()
-    if len(runs) > 1:  # below the panels, so it never hides a curve
-        handles = [Line2D([], [], marker="o", markersize=3, color=f"C{i}") for i in range(len(runs))]
-        fig.legend(handles, names, loc="lower center", ncol=min(len(runs), 4), fontsize=8, frameon=False)
-        rows_needed = (len(runs) + 3) // 4
-        fig.subplots_adjust(bottom=0.18 + 0.07 * rows_needed)
+    if len(runs) > 1:
+        _legend_below(fig, names)
     return save_figure(fig, out_png)
