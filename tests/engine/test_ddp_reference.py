@@ -78,6 +78,7 @@ def _train_in_default_dtype(loss_name: str, info: parallel.DistInfo) -> tuple[di
     net = torch.nn.parallel.DistributedDataParallel(model) if info.enabled else model
     parallel.broadcast_parameters(loss, info)
     run = SimpleNamespace(device=torch.device("cpu"), memory_format=torch.contiguous_format, dtype=None, net=net,
+                          forward=net,
                           loss=loss, optimizer=optimizer, info=info, progress=Progress(), steps_per_epoch=STEPS,
                           cfg=SimpleNamespace(train=SimpleNamespace(grad_clip=0.0)),
                           scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
