@@ -78,18 +78,17 @@ class OnnxNetwork:
 
     def __init__(self, model: nn.Module, threads: int | None = None):
         try:
-            import onnxruntime
+            import onnxruntime  # noqa: F401  (checked here: a missing runtime is the flag's error, at start-up)
         except ImportError:
             raise ConfigError("--runtime onnxruntime needs onnxruntime (and onnxscript to export): "
                               "pip install 'cbam-cgd-retrieval[export]'") from None
-        self._ort = onnxruntime
         self.model = model
         self.threads = threads or torch.get_num_threads()
         self.sessions: dict[tuple[int, int], object] = {}
         self.seconds_exporting = 0.0
 
     def _session(self, height: int, width: int):
-        from .models.export import export_onnx
+        from .models.export import export_onnx, onnx_session
 
         if height != width:
             raise ConfigError(f"--runtime onnxruntime: the export takes square images, got {height}×{width}")
@@ -97,14 +96,11 @@ class OnnxNetwork:
         with tempfile.TemporaryDirectory() as tmp:
             path = export_onnx(self.model, Path(tmp) / "model.onnx", image_size=height)
             data = path.read_bytes()
-        options = self._ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        session = self._ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        session = onnx_session(data, self.threads)
         spent = time.perf_counter() - start
         self.seconds_exporting += spent
-        log.info("exported the network to ONNX for %d px and opened it in ONNX Runtime %s (%d threads) in %.1f s",
-                 height, self._ort.__version__, self.threads, spent)
+        log.info("exported the network to ONNX for %d px and opened it in ONNX Runtime (%d threads) in %.1f s",
+                 height, self.threads, spent)
         return session
 
     def __call__(self, images: Tensor) -> Tensor:

@@ -71,16 +71,25 @@ def export_onnx(model: RetrievalNet, path: str | Path, image_size: int, opset: i
     return Path(path)
 
 
-def onnx_embed(path: str | Path, images: np.ndarray | Tensor) -> np.ndarray:
-    """Run an exported ONNX model with onnxruntime: images (B, 3, H, W) → embeddings (B, D) float32."""
+def onnx_session(model: str | Path | bytes, threads: int | None = None):
+    """An ONNX Runtime CPU session of an exported model (a file or its bytes); threads: intra-op threads."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise ImportError("running ONNX models needs onnxruntime: pip install onnxruntime "
                           "(or the project's 'export' extra)") from None
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def onnx_embed(path: str | Path, images: np.ndarray | Tensor) -> np.ndarray:
+    """Run an exported ONNX model with onnxruntime: images (B, 3, H, W) → embeddings (B, D) float32."""
     if isinstance(images, Tensor):
         images = images.detach().float().cpu().numpy()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
     return session.run(["embeddings"], {"images": np.ascontiguousarray(images, dtype=np.float32)})[0]
 
 
