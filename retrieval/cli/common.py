@@ -150,6 +150,10 @@ def _os_message(err: OSError) -> str:
     return f"{where}{err.strerror or err}{hint}"
 
 
+# How long a rank other than 0 waits after a user error before exiting itself (see _user_error).
+OTHER_RANKS_WAIT_S = 10.0
+
+
 def _torchrun_rank() -> int | None:
     """This process's rank under torchrun (WORLD_SIZE > 1), else None."""
     return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
@@ -161,6 +165,13 @@ def _user_error(message: str, err: BaseException) -> int:
     rank = _torchrun_rank()
     if rank is None or rank == 0:
         print(f"error: {message}", file=sys.stderr, flush=True)
+    if rank:
+        # Every rank checks the same flags, so rank 0 meets the same error. torchrun stops the other
+        # workers as soon as one fails, and its summary names the failure with the earliest error file:
+        # had this rank exited (or written its file) first, rank 0 could be killed before its line was
+        # printed and the summary would name this rank. Rank 0's exit ends this wait (torchrun sends
+        # SIGTERM); the bound keeps an error only this rank sees from hanging.
+        time.sleep(OTHER_RANKS_WAIT_S)
     if rank is not None:
         _record_for_torchrun(f"{type(err).__name__}: {message}")
     return 2
