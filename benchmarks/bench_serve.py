@@ -47,7 +47,8 @@ from PIL import Image
 from retrieval.checkpoint import save_checkpoint
 from retrieval.config import Config, to_dict
 from retrieval.data import table_from_folder
-from retrieval.gallery import build_gallery, open_embedder
+from retrieval.embed import open_embedder
+from retrieval.gallery import build_gallery
 from retrieval.models import build_model
 
 from .common import header, machine_line, write_results

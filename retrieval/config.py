@@ -24,8 +24,8 @@ from .errors import ConfigError
 from .registry import Registry
 # The sections are also importable from here (``from retrieval.config import ModelConfig``), as before
 # they moved to schema.py; modules of the package import them from schema.
-from .schema import (Config, DataConfig, EvalConfig, LossConfig, ModelConfig, OptimConfig, RerankConfig,  # noqa: F401
-                     TrainConfig)
+from .schema import (PRECISIONS, Config, DataConfig, EvalConfig, LossConfig, ModelConfig, OptimConfig,  # noqa: F401
+                     RerankConfig, TrainConfig)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ def choices() -> dict[str, Registry | tuple[str, ...]]:
     from .models.cgd import CLASSIFIER_INPUTS, METRIC_INPUTS
     from .optim import OPTIMIZERS, SCHEDULES
     from .rerank.spec import RERANKERS
-    from .runtime import PRECISIONS
 
     registries = (SOURCES, BACKBONES, ATTENTIONS, ARRANGEMENTS, POOLS, LOSSES, MINERS, OPTIMIZERS, SCHEDULES,
                   RERANKERS)

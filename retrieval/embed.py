@@ -13,16 +13,19 @@ Embedder's ``runtime`` / ``compile`` choice (``retrieval.execution``).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .config import to_dict
 from .errors import ConfigError, DataError, RetrievalError
 from .progress import progress as progress_bar
 from .runtime import autocast, resolve_precision
 from .execution import CompiledOrEager, OnnxNetwork, check_runtime
+from .schema import Config
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +49,14 @@ class Embedder:
     batch_size, workers: how ``embed_dataset`` / ``embed_table`` load images; transform: what
     ``embed_table`` applies to each decoded image (a checkpoint's test transform).
     runtime: torch | onnxruntime (CPU, fp32); compile: a ``torch.compile`` backend name
-    ("inductor") or None (``retrieval.execution``; torch runtime only).
+    ("inductor") or None (``retrieval.execution``; torch runtime only). cache_as: (checkpoint
+    sha256, description) under which onnxruntime keeps its export (``retrieval.onnx_cache``).
     """
 
     def __init__(self, model: torch.nn.Module, device: torch.device | str = "cpu", precision: str = "auto",
                  channels_last: bool = True, batch_size: int = 64, workers: int = 2, transform=None,
-                 flag: str = "--precision", runtime: str = "torch", compile: str | None = None):
+                 flag: str = "--precision", runtime: str = "torch", compile: str | None = None,
+                 cache_as: tuple[str, dict] | None = None):
         self.device = torch.device(device)
         check_runtime(runtime, self.device, precision)
         if runtime == "onnxruntime" and compile:
@@ -64,7 +69,7 @@ class Embedder:
         self.batch_size, self.workers, self.transform = batch_size, workers, transform
         self._run = self.model
         if runtime == "onnxruntime":
-            self._run = OnnxNetwork(self.model)
+            self._run = OnnxNetwork(self.model, cache_as=cache_as)
         elif compile:
             self._run = CompiledOrEager(self.model, backend=compile, what="the embedding network")
 
@@ -113,3 +118,51 @@ class Embedder:
         from .data import PathsDataset
 
         return self.embed_dataset(PathsDataset(table["path"].tolist(), self.transform), progress)[0]
+
+
+class CheckpointEmbedder(Embedder):
+    """A checkpoint's network in eval mode as an ``Embedder``, with its config, file, sha256 and test transform."""
+
+    def __init__(self, model: torch.nn.Module, cfg: Config, checkpoint: Path, sha256: str, device: torch.device,
+                 batch_size: int, workers: int = 2, precision: str = "auto", runtime: str = "torch",
+                 compile: bool = False):
+        from .data import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+        from .execution import COMPILE_BACKEND
+        from .onnx_cache import describe
+
+        description = describe(cfg.model.embedding_dim, IMAGENET_MEAN, IMAGENET_STD, cfg.eval)
+        super().__init__(model.eval(), device, precision, batch_size=batch_size, workers=workers,
+                         transform=build_transforms(cfg.data, train=False), runtime=runtime,
+                         compile=COMPILE_BACKEND if compile else None, cache_as=(sha256, description))
+        self.cfg, self.checkpoint, self.sha256 = cfg, Path(checkpoint), sha256
+
+    @property
+    def eval_settings(self):
+        """The checkpoint's ``eval`` section (what ``CachedOnnxEmbedder`` carries too)."""
+        return self.cfg.eval
+
+    @property
+    def dim(self) -> int:
+        return int(self.cfg.model.embedding_dim)
+
+    def manifest_fields(self, source: str) -> dict:
+        """What an index folder records of the model that embedded it (``check_compatible`` reads the hash)."""
+        return {"checkpoint": str(self.checkpoint.resolve()), "checkpoint_sha256": self.sha256, "source": source,
+                "image_size": self.cfg.data.image_size, "config": to_dict(self.cfg)}
+
+
+def open_embedder(checkpoint: str | Path, device: str = "auto", batch_size: int | None = None, workers: int = 2,
+                  precision: str = "auto", device_flag: str = "--device", runtime: str = "torch",
+                  compile: bool = False) -> CheckpointEmbedder:
+    """Load ``checkpoint`` (weights_only) on ``device``; batch_size defaults to the checkpoint's eval.batch_size.
+
+    runtime, compile: how the network runs (``retrieval.execution``: torch or onnxruntime; torch.compile).
+    """
+    from .checkpoint import load_model
+    from .files import sha256_file
+    from .runtime import resolve_device
+
+    dev = resolve_device(device, flag=device_flag)
+    model, cfg, _ = load_model(checkpoint, dev)
+    return CheckpointEmbedder(model, cfg, Path(checkpoint), sha256_file(checkpoint), dev,
+                              batch_size or cfg.eval.batch_size, workers, precision, runtime, compile)

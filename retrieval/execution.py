@@ -26,10 +26,10 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError, RetrievalError
+from .schema import RUNTIMES
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("torch", "onnxruntime")
 COMPILE_BACKEND = "inductor"  # torch.compile's default; tests use "eager" (dynamo only) to stay fast
 
 
@@ -76,7 +76,7 @@ class OnnxNetwork:
     use the same cores).
     """
 
-    def __init__(self, model: nn.Module, threads: int | None = None):
+    def __init__(self, model: nn.Module, threads: int | None = None, cache_as: tuple[str, dict] | None = None):
         try:
             import onnxruntime  # noqa: F401  (checked here: a missing runtime is the flag's error, at start-up)
         except ImportError:
@@ -84,14 +84,21 @@ class OnnxNetwork:
                               "pip install 'cbam-cgd-retrieval[export]'") from None
         self.model = model
         self.threads = threads or torch.get_num_threads()
+        self.cache_as = cache_as
         self.sessions: dict[tuple[int, int], object] = {}
         self.seconds_exporting = 0.0
 
     def _session(self, height: int, width: int):
-        from .models.export import export_onnx, onnx_session
+        from .models.export import export_onnx
+        from .onnx_cache import entry_for, onnx_session
 
         if height != width:
             raise ConfigError(f"--runtime onnxruntime: the export takes square images, got {height}×{width}")
+        entry = entry_for(self.cache_as[0], height) if self.cache_as else None
+        cached = entry.open(self.threads) if entry else None
+        if cached is not None:
+            log.info("opened the cached ONNX model %s in ONNX Runtime (%d threads)", entry.model_path, self.threads)
+            return cached[0]
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             path = export_onnx(self.model, Path(tmp) / "model.onnx", image_size=height)
@@ -101,6 +108,8 @@ class OnnxNetwork:
         self.seconds_exporting += spent
         log.info("exported the network to ONNX for %d px and opened it in ONNX Runtime (%d threads) in %.1f s",
                  height, self.threads, spent)
+        if entry is not None:
+            entry.store(data, self.cache_as[1])
         return session
 
     def __call__(self, images: Tensor) -> Tensor:

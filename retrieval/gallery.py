@@ -1,10 +1,8 @@
-"""A checkpoint and its gallery index, as the commands, benchmarks and the service use them.
+"""A checkpoint's gallery index, as the commands, benchmarks and the service use it.
 
-``open_embedder`` loads a checkpoint's model with its test transform as an ``Embedder``
-(``retrieval.embed``: device, precision, memory format), which turns an image table
-(``retrieval.data.tables``) or a dataset into embeddings;
-``open_gallery`` opens an index folder and refuses one built by another model; ``Gallery``
-searches it and turns FAISS ids into result rows; ``build_gallery`` writes (or appends to) a
+An embedder (``retrieval.embed.open_embedder``, or the cached ONNX model of
+``retrieval.onnx_cache``) turns images into embeddings; ``open_gallery`` opens an index folder
+and refuses one built by another model; ``Gallery`` searches it and turns FAISS ids into result rows; ``build_gallery`` writes (or appends to) a
 folder with the checkpoint's provenance in its manifest.
 """
 from __future__ import annotations
@@ -12,59 +10,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from .config import to_dict
-from .embed import Embedder
 from .index import REMOVED, build_index, check_compatible, load_index, search, set_search_params
-from .schema import Config
+
+if TYPE_CHECKING:  # the embedder needs torch; searching a gallery does not
+    from .embed import CheckpointEmbedder
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointEmbedder(Embedder):
-    """A checkpoint's network in eval mode as an ``Embedder``, with its config, file, sha256 and test transform."""
-
-    def __init__(self, model: torch.nn.Module, cfg: Config, checkpoint: Path, sha256: str, device: torch.device,
-                 batch_size: int, workers: int = 2, precision: str = "auto", runtime: str = "torch",
-                 compile: bool = False):
-        from .data import build_transforms
-        from .execution import COMPILE_BACKEND
-
-        super().__init__(model.eval(), device, precision, batch_size=batch_size, workers=workers,
-                         transform=build_transforms(cfg.data, train=False), runtime=runtime,
-                         compile=COMPILE_BACKEND if compile else None)
-        self.cfg, self.checkpoint, self.sha256 = cfg, Path(checkpoint), sha256
-
-    @property
-    def dim(self) -> int:
-        return int(self.cfg.model.embedding_dim)
-
-    def manifest_fields(self, source: str) -> dict:
-        """What an index folder records of the model that embedded it (``check_compatible`` reads the hash)."""
-        return {"checkpoint": str(self.checkpoint.resolve()), "checkpoint_sha256": self.sha256, "source": source,
-                "image_size": self.cfg.data.image_size, "config": to_dict(self.cfg)}
-
-
-def open_embedder(checkpoint: str | Path, device: str = "auto", batch_size: int | None = None, workers: int = 2,
-                  precision: str = "auto", device_flag: str = "--device", runtime: str = "torch",
-                  compile: bool = False) -> CheckpointEmbedder:
-    """Load ``checkpoint`` (weights_only) on ``device``; batch_size defaults to the checkpoint's eval.batch_size.
-
-    runtime, compile: how the network runs (``retrieval.execution``: torch or onnxruntime; torch.compile).
-    """
-    from .checkpoint import load_model
-    from .files import sha256_file
-    from .runtime import resolve_device
-
-    dev = resolve_device(device, flag=device_flag)
-    model, cfg, _ = load_model(checkpoint, dev)
-    return CheckpointEmbedder(model, cfg, Path(checkpoint), sha256_file(checkpoint), dev,
-                              batch_size or cfg.eval.batch_size, workers, precision, runtime, compile)
 
 
 @dataclass

@@ -9,11 +9,9 @@ import platform
 import torch
 
 from .errors import ConfigError
+from .schema import PRECISIONS
 
 log = logging.getLogger(__name__)
-
-# train.precision / --precision: auto = bf16 on CPUs with native bf16, AMP (bf16 or fp16) on CUDA.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def resolve_device(name: str = "auto", flag: str = "train.device") -> torch.device:

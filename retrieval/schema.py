@@ -10,6 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# Closed sets of values, here so that the command-line flags can offer them without importing torch.
+# train.precision / --precision: auto = bf16 on CPUs with native bf16, AMP (bf16 or fp16) on CUDA.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# --runtime: what runs a checkpoint's network when it embeds (``retrieval.execution``).
+RUNTIMES = ("torch", "onnxruntime")
+
 
 @dataclass
 class DataConfig:

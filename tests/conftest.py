@@ -44,3 +44,18 @@ def assets(tmp_path_factory):
     return {"root": root, "gallery": gallery, "csv": root / "gallery.csv", "paths": paths,
             "ckpt": make_checkpoint(root / "a.pt"), "other": make_checkpoint(root / "b.pt", seed=1),
             "narrow": make_checkpoint(root / "c.pt", embedding_dim=8)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache_in_tmp(tmp_path_factory):
+    """Exported ONNX models go to a temporary cache (retrieval.onnx_cache), never the user's ~/.cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("onnx_cache")
+    before = os.environ.get("RETRIEVAL_CACHE_DIR")
+    os.environ["RETRIEVAL_CACHE_DIR"] = str(folder)  # subprocesses (the commands) inherit it
+    yield folder
+    if before is None:
+        os.environ.pop("RETRIEVAL_CACHE_DIR", None)
+    else:
+        os.environ["RETRIEVAL_CACHE_DIR"] = before

@@ -111,6 +111,11 @@ def _loaded_after(statement: str) -> set[str]:
     ("retrieval.config", {"torch", "pandas", "torchvision", "pytorch_metric_learning"}),  # registries load on use
     ("retrieval.schema", {"torch", "pandas", "yaml"}),
     ("retrieval.index", {"torch", "torchvision", "pytorch_metric_learning"}),  # FAISS and pandas, not torch
+    # what query.py needs with a cached ONNX model (retrieval.onnx_cache): Pillow, numpy, FAISS, ONNX Runtime
+    ("retrieval.gallery", {"torch", "torchvision", "pytorch_metric_learning"}),
+    ("retrieval.onnx_cache", {"torch", "torchvision", "pytorch_metric_learning", "faiss"}),
+    ("retrieval.data", {"torch", "torchvision"}),  # its names load their module on first use
+    ("retrieval.cli.query", {"torch", "torchvision", "pytorch_metric_learning"}),
 ])
 def test_light_imports_stay_light(module, heavy):
     loaded = heavy & _loaded_after(f"import {module}")

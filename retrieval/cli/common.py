@@ -39,8 +39,7 @@ def add_checkpoint_and_index_args(parser: argparse.ArgumentParser) -> None:
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
     """--device and --precision: where and in what precision a checkpoint's network embeds (``Embedder``)."""
-    from ..execution import RUNTIMES
-    from ..runtime import PRECISIONS
+    from ..schema import PRECISIONS, RUNTIMES
 
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
@@ -77,7 +76,7 @@ def add_embedding_args(parser: argparse.ArgumentParser) -> None:
 
 def open_embedder_from(args: argparse.Namespace):
     """The checkpoint of ``--checkpoint`` ready to embed, with the embedding flags applied."""
-    from ..gallery import open_embedder
+    from ..embed import open_embedder
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size: expected >= 1, got {args.batch_size}")

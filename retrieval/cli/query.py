@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -118,7 +119,7 @@ def _label_codes(query_labels: pd.Series, gallery_labels: pd.Series,
     return np.array([names[v] for v in query_labels], np.int64), gallery
 
 
-def _evaluate(args, cfg, queries, gallery, embeddings) -> tuple[dict[str, float], dict | None]:
+def _evaluate(args, settings, queries, gallery, embeddings) -> tuple[dict[str, float], dict | None]:
     """(metrics of every query through the index, its comparison with exact search on a sample or None)."""
     from ..approximation import DEFAULT_SAMPLE, compare_with_exact
     from ..index.exact import is_exact
@@ -134,16 +135,16 @@ def _evaluate(args, cfg, queries, gallery, embeddings) -> tuple[dict[str, float]
         raise DataError(f"--eval needs labels on the gallery: the 'label' column of "
                         f"{metadata_path(gallery.folder, gallery.manifest)} is empty for every entry (build the "
                         "index with --csv with a label column, --images with --folder-labels, or --dataset-config)")
-    ks = _recall_ks(args.recall_k) if args.recall_k else list(cfg.eval.recall_k)
+    ks = _recall_ks(args.recall_k) if args.recall_k else list(settings.recall_k)
     q_codes, g_codes = _label_codes(queries["label"], gallery.metadata["label"], gallery.removed_ids)
-    depth = neighbours_needed(ks, g_codes, cfg.eval.map_at_r, gallery.count)
+    depth = neighbours_needed(ks, g_codes, settings.map_at_r, gallery.count)
     _, ids = gallery.search(embeddings, depth, args.nprobe, args.ef_search)
-    result = metrics_from_neighbours(ids, q_codes, g_codes, ks=ks, map_at_r=cfg.eval.map_at_r)
+    result = metrics_from_neighbours(ids, q_codes, g_codes, ks=ks, map_at_r=settings.map_at_r)
     sample = DEFAULT_SAMPLE if args.exact_sample is None else args.exact_sample
     if is_exact(gallery.index) or sample == 0:
         return result, None
     comparison = compare_with_exact(gallery, embeddings, q_codes, g_codes, ks, depth, nprobe=args.nprobe,
-                                    ef_search=args.ef_search, sample=sample, map_at_r=cfg.eval.map_at_r)
+                                    ef_search=args.ef_search, sample=sample, map_at_r=settings.map_at_r)
     if comparison is None:
         print(f"note: {gallery.folder} is an approximate {gallery.manifest['factory']} index without "
               "embeddings.npy, so it is not compared with exact search (build it with --save-embeddings)",
@@ -170,14 +171,14 @@ def _print_results(queries: pd.DataFrame, results: list[pd.DataFrame], fmt: str)
             print()
 
 
-def _evaluate_rerank(args, cfg, queries, gallery, embeddings, access, spec) -> dict:
+def _evaluate_rerank(args, settings, queries, gallery, embeddings, access, spec) -> dict:
     """``plain_vs_reranked`` of the labelled queries through the folder's index: metrics and ms / query of both."""
     from ..rerank import plain_vs_reranked
 
-    ks = [int(k) for k in args.recall_k.split(",")] if args.recall_k else list(cfg.eval.recall_k)
+    ks = [int(k) for k in args.recall_k.split(",")] if args.recall_k else list(settings.recall_k)
     q_codes, g_codes = _label_codes(queries["label"], gallery.metadata["label"])
     return plain_vs_reranked(embeddings, q_codes, spec, ks, gallery=access, gallery_labels=g_codes,
-                             map_at_r=cfg.eval.map_at_r)
+                             map_at_r=settings.map_at_r)
 
 
 def _print_metrics(result: dict[str, float], comparison: dict | None, fmt: str, n_query: int, n_gallery: int,
@@ -243,6 +244,22 @@ def _explain(folder: str, embedder, queries: pd.DataFrame, results: list[pd.Data
     print(f"wrote {sum(len(f) > 0 for f in results)} pair explanation(s) to {folder}", file=sys.stderr)
 
 
+def _open_embedder(args: argparse.Namespace):
+    """The checkpoint's cached ONNX model when --runtime onnxruntime has one (``retrieval.onnx_cache``: no
+    torch import, no export), else the checkpoint itself (which, under onnxruntime, exports and caches it)."""
+    cacheable = (args.runtime == "onnxruntime" and not args.explain and not args.compile
+                 and args.device in ("auto", "cpu") and args.precision in ("auto", "fp32"))
+    if cacheable and (args.batch_size is None or args.batch_size >= 1) and args.workers >= 0:
+        from ..onnx_cache import open_cached_embedder
+
+        threads = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS", "").isdigit() else None
+        cached = open_cached_embedder(args.checkpoint, batch_size=args.batch_size, workers=args.workers,
+                                      threads=threads)
+        if cached is not None:
+            return cached
+    return open_embedder_from(args)
+
+
 @command(build_parser)
 def main(args: argparse.Namespace) -> int:
     if args.top_k < 1:
@@ -271,14 +288,15 @@ def main(args: argparse.Namespace) -> int:
         raise DataError(f"{args.index}: the index has no live entries (every entry was removed); add images with "
                         "build_index.py --append or rebuild it")
     _apply_search_flags(args, gallery.manifest.get("factory", ""))
-    embedder = open_embedder_from(args)
+    embedder = _open_embedder(args)
     gallery.check_model(embedder)
     _check_decodable(queries["path"].tolist(), args.workers)
     access = gallery_access(gallery, args.nprobe, args.ef_search) if spec and spec.name != "none" else None
     embeddings = embedder.embed_table(queries, progress=not args.quiet)
     if args.eval:
-        result, comparison = _evaluate(args, embedder.cfg, queries, gallery, embeddings)
-        rerank = _evaluate_rerank(args, embedder.cfg, queries, gallery, embeddings, access, spec) if access else None
+        result, comparison = _evaluate(args, embedder.eval_settings, queries, gallery, embeddings)
+        rerank = (_evaluate_rerank(args, embedder.eval_settings, queries, gallery, embeddings, access, spec)
+                  if access else None)
         setting = search_setting(gallery.manifest.get("factory", "?"), args.nprobe, args.ef_search)
         _print_metrics(result, comparison, args.format, len(queries), gallery.count, setting, rerank)
     if access is not None:

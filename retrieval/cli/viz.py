@@ -67,7 +67,7 @@ def _scores(args: argparse.Namespace):
     from ..config import config_from_dict, load_config
     from ..data import build_splits
     from ..errors import DataError
-    from ..gallery import open_embedder
+    from ..embed import open_embedder
     from ..viz.scores import score_figure
 
     embedder = open_embedder(args.checkpoint, args.device, device_flag="--device")

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..files import atomic_path
+from ..onnx_cache import onnx_session
 from .net import RetrievalNet
 
 log = logging.getLogger(__name__)
@@ -69,20 +70,6 @@ def export_onnx(model: RetrievalNet, path: str | Path, image_size: int, opset: i
                                   dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}}, **names)
     log.info("wrote ONNX embedding model %s (input batch×3×%d×%d, opset %d)", path, image_size, image_size, opset)
     return Path(path)
-
-
-def onnx_session(model: str | Path | bytes, threads: int | None = None):
-    """An ONNX Runtime CPU session of an exported model (a file or its bytes); threads: intra-op threads."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ImportError("running ONNX models needs onnxruntime: pip install onnxruntime "
-                          "(or the project's 'export' extra)") from None
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def onnx_embed(path: str | Path, images: np.ndarray | Tensor) -> np.ndarray:

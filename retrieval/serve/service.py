@@ -44,7 +44,8 @@ from PIL import Image
 from ..data import decode_image
 from ..errors import ConfigError, IndexFormatError
 from ..files import atomic_write_bytes, writer_lock
-from ..gallery import CheckpointEmbedder, Gallery, build_gallery, open_embedder, open_gallery
+from ..embed import CheckpointEmbedder, open_embedder
+from ..gallery import Gallery, build_gallery, open_gallery
 from ..index import MANIFEST_FILE, read_manifest, remove_entries
 from ..rerank import GalleryAccess, RerankSpec, gallery_access, parse_rerank, rerank_search
 from .batcher import MicroBatcher
