@@ -72,11 +72,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(checkpoint: Path, index: Path, threads: int, precision: str) -> tuple[subprocess.Popen, str]:
+def start_server(checkpoint: Path, index: Path, threads: int, precision: str,
+                 runtime: str = "torch") -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "retrieval.serve", "--checkpoint", str(checkpoint), "--index",
                              str(index), "--port", str(port), "--threads", str(threads), "--precision", precision,
-                             "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             "--runtime", runtime, "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         if proc.poll() is not None:
@@ -94,9 +95,10 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def search_once(client: httpx.Client, url: str, data: bytes) -> float:
+def search_once(client: httpx.Client, url: str, data: bytes, rerank: str | None = None) -> float:
     start = time.perf_counter()
-    response = client.post(url + "/search", params={"k": 10}, files=[("images", ("q", data, "application/octet-stream"))])
+    params = {"k": 10, **({"rerank": rerank} if rerank else {})}
+    response = client.post(url + "/search", params=params, files=[("images", ("q", data, "application/octet-stream"))])
     elapsed = time.perf_counter() - start
     if response.status_code != 200 or len(response.json()["queries"][0]["results"]) != 10:
         raise RuntimeError(f"search failed: {response.status_code} {response.text[:200]}")
@@ -122,6 +124,20 @@ def latency(url: str, embedder, queries: list[bytes], repeats: int) -> dict:
     out["ratio_p50"] = out["http_p50_ms"] / out["forward_p50_ms"]
     out["ratio_p99"] = out["http_p99_ms"] / out["forward_p99_ms"]
     return out
+
+
+def rerank_latency(url: str, queries: list[bytes], repeats: int, spec: str) -> dict:
+    """HTTP one image → top-10 with re-ranking ``spec`` on, alternating with the same search without it."""
+    plain, reranked = [], []
+    with httpx.Client(timeout=60) as client:
+        for i in range(repeats + 3):
+            data = queries[i % len(queries)]
+            p, r = search_once(client, url, data), search_once(client, url, data, spec)
+            if i >= 3:  # warm-up
+                plain.append(p)
+                reranked.append(r)
+    return {"rerank": spec, **{f"{name}_p{q}_ms": 1000 * percentile(values, q) for name, values in
+                               (("plain", plain), ("reranked", reranked)) for q in (50, 99)}}
 
 
 def batching_ceiling(embedder, queries: list[bytes], batch: int, repeats: int = 5) -> float:
@@ -251,6 +267,9 @@ def main(argv=None) -> int:
     p.add_argument("--adds", type=int, default=20, help="adds during the write phase (default 20)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--precision", default="auto")
+    p.add_argument("--runtime", default="torch", help="the server's --runtime (and the forward pass it is compared "
+                                                      "with): torch | onnxruntime")
+    p.add_argument("--rerank", help="also time searches with this re-ranking (NAME[:k=v,...]) against without")
     p.add_argument("--screenshot", help="also capture the page to this PNG (playwright + chromium)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve"))
     args = p.parse_args(argv)
@@ -273,12 +292,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint(work / "untrained.pt", args.backbone,
                                                                                   args.size, args.dim)
-    embedder = open_embedder(checkpoint, "cpu", workers=0, precision=args.precision)
+    embedder = open_embedder(checkpoint, "cpu", workers=0, precision=args.precision, runtime=args.runtime)
     build_gallery(embedder, embedder.embed_table(table), table, work / "index", source="bench_serve")
     queries = [p.read_bytes() for p in photos]  # not in the gallery when there are more photos than it holds
     dtype = embedder.dtype
 
-    proc, url = start_server(checkpoint, work / "index", args.threads, args.precision)
+    proc, url = start_server(checkpoint, work / "index", args.threads, args.precision, args.runtime)
     try:
         print(f"server at {url}, {len(paths)} images, {embedder.cfg.model.backbone} at {embedder.cfg.data.image_size} "
               f"px, {embedder.dim}-d, precision {dtype or 'fp32'}, {args.threads} threads", flush=True)
@@ -286,6 +305,9 @@ def main(argv=None) -> int:
         print(f"latency: HTTP p50 {lat['http_p50_ms']:.1f} ms p99 {lat['http_p99_ms']:.1f} ms; forward p50 "
               f"{lat['forward_p50_ms']:.1f} ms p99 {lat['forward_p99_ms']:.1f} ms; ratio p50 {lat['ratio_p50']:.2f} "
               f"p99 {lat['ratio_p99']:.2f}", flush=True)
+        rerank = rerank_latency(url, queries, args.requests, args.rerank) if args.rerank else None
+        if rerank:
+            print(f"re-ranking {args.rerank}: {rerank}", flush=True)
         phases, errors = {1: [], args.clients: []}, 0
         for _ in range(2):
             for clients in (1, args.clients):
@@ -308,18 +330,22 @@ def main(argv=None) -> int:
     head = header()
     result = {**head, "gallery": len(paths), "backbone": embedder.cfg.model.backbone,
               "image_size": embedder.cfg.data.image_size, "dim": embedder.dim, "threads": args.threads,
-              "precision": str(dtype or "fp32"), "latency": lat, "throughput_req_s": phases,
+              "precision": str(dtype or "fp32"), "runtime": args.runtime, "latency": lat, "rerank_latency": rerank,
+              "throughput_req_s": phases,
               "batching_gain": gain, "forward_batch_gain": ceiling, "throughput_errors": errors, "writes": writes, "server_memory_mb": memory,
               "forward_batches": stats_before["forward_batches"], "images_embedded": stats_before["images_embedded"]}
     md = "\n".join([
         f"# retrieval-serve over loopback ({machine_line(head)})", "",
         f"Gallery: {len(paths)} photographs, {embedder.cfg.model.backbone} at {embedder.cfg.data.image_size} px, "
-        f"{embedder.dim}-d Flat index, precision {dtype or 'fp32'}, {args.threads} torch threads. "
+        f"{embedder.dim}-d Flat index, runtime {args.runtime}, precision {dtype or 'fp32'}, {args.threads} threads. "
         f"Command: `python -m benchmarks.bench_serve {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
         "| measure | value | goal |", "|---|---|---|",
         f"| one image → top-10 over HTTP, p50 / p99 | {lat['http_p50_ms']:.1f} / {lat['http_p99_ms']:.1f} ms | |",
         f"| forward pass alone, p50 / p99 | {lat['forward_p50_ms']:.1f} / {lat['forward_p99_ms']:.1f} ms | |",
         f"| HTTP / forward, p50 / p99 | {lat['ratio_p50']:.2f}× / {lat['ratio_p99']:.2f}× | ≤ 1.3× |",
+        *([f"| with re-ranking `{rerank['rerank']}`: p50 / p99 (the same searches without it, alternating) | "
+           f"{rerank['reranked_p50_ms']:.1f} / {rerank['reranked_p99_ms']:.1f} ms "
+           f"({rerank['plain_p50_ms']:.1f} / {rerank['plain_p99_ms']:.1f} ms) | |"] if rerank else []),
         f"| throughput, 1 client (median of 2) | {statistics.median(phases[1]):.2f} req/s | |",
         f"| throughput, {args.clients} clients (median of 2) | {statistics.median(phases[args.clients]):.2f} req/s | |",
         f"| micro-batching gain ({args.clients} clients / 1) | {gain:.2f}× | ≥ 1.5× |",

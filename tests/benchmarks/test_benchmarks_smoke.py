@@ -102,8 +102,10 @@ def test_run_all_rejects_unknown_name(tmp_path, capsys):
 def test_serve(tmp_path):
     images = make_gallery(tmp_path / "images", classes=3, per_class=5)
     assert bench_serve.main(["--backbone", "resnet18", "--size", "32", "--dim", "16", "--images", str(images),
-                             "--gallery", "12", "--requests", "4", "--adds", "4", "--out", str(tmp_path / "out")]) == 0
+                             "--gallery", "12", "--requests", "4", "--adds", "4", "--rerank", "aqe:n=2",
+                             "--out", str(tmp_path / "out")]) == 0
     res = _read(tmp_path / "out", "serve")
+    assert res["rerank_latency"]["rerank"] == "aqe:n=2" and res["rerank_latency"]["reranked_p50_ms"] > 0
     assert HEADER <= res.keys() and res["gallery"] == 12 and res["throughput_errors"] == 0
     assert {"http_p50_ms", "http_p99_ms", "forward_p50_ms", "ratio_p50", "ratio_p99"} <= res["latency"].keys()
     writes = res["writes"]
@@ -127,3 +129,21 @@ def test_attention_comparison_runs_each_choice_and_scores_localisation(tmp_path)
         assert 0 <= run["gradcam_pointing"] <= 1 and 0 <= run["centre_energy"] <= 1 and run["epoch_s"] > 0
     assert "gate_pointing" not in runs[0] and 0 <= runs[1]["gate_pointing"] <= 1  # BAM has gates, none has not
     assert "| bam | 1 |" in (tmp_path / "out" / "attention.md").read_text()
+
+
+def test_query_wall_time_compares_the_runtimes_on_the_same_answer(tmp_path, assets):
+    pytest.importorskip("onnxruntime")
+    from benchmarks import bench_query
+    from retrieval.cli.build_index import main as build
+
+    index = tmp_path / "idx"
+    assert build(["--checkpoint", str(assets["ckpt"]), "--out", str(index), "--images", str(assets["gallery"]),
+                  "--workers", "0", "--quiet"]) == 0
+    out = tmp_path / "out"
+    assert bench_query.main(["--checkpoint", str(assets["ckpt"]), "--index", str(index), "-k", "3", "--rounds", "1",
+                             "--out", str(out)]) == 0
+    res = json.loads((out / "query.json").read_text())
+    assert HEADER <= res.keys() and len(res["torch_s"]) == len(res["onnxruntime_cached_s"]) == 1
+    assert res["first_onnxruntime_s"] > 0 and res["torch_over_cached"][0] > 0
+    assert res["image"].endswith(".png") and res["first_differing_rank"] in (None, 0, 1, 2)
+    assert "| `--runtime onnxruntime`, cached |" in (out / "query.md").read_text()
