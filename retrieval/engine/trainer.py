@@ -66,9 +66,11 @@ def _set_epoch(run: Run) -> None:
         loader.generator.manual_seed((run.cfg.train.seed * 1_000_003 + epoch) * 1009 + run.info.rank)
 
 
-def _freeze_bn(model: torch.nn.Module) -> None:
-    # CGD and Proxy-Anchor keep pretrained BatchNorm statistics fixed during fine-tuning.
-    for module in model.modules():
+def _freeze_bn(backbone: torch.nn.Module) -> None:
+    # CGD and Proxy-Anchor keep the pretrained backbone's BatchNorm statistics fixed during fine-tuning
+    # (Proxy-Anchor's code: model.model.apply(set_bn_eval), the backbone only). The head's BatchNorms
+    # are new: the centring BN must keep learning its running mean, else it centres nothing.
+    for module in backbone.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.eval()
 
@@ -103,7 +105,7 @@ def train_one_epoch(run: Run) -> dict:
     """One pass of ``run.steps_per_epoch`` batches; returns mean losses, images/s, time and lr."""
     run.net.train()
     if run.cfg.train.freeze_bn:
-        _freeze_bn(run.model)
+        _freeze_bn(run.model.backbone)
     totals = {"loss": 0.0, "metric_loss": 0.0, "cls_loss": 0.0}
     seen, steps, start = 0, 0, time.perf_counter()
     bar = progress(total=run.steps_per_epoch, desc=f"epoch {run.progress.epoch + 1}/{run.cfg.train.epochs}",

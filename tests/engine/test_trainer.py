@@ -52,6 +52,16 @@ def test_training_spreads_the_embeddings_instead_of_a_cone(data_root, tmp_path):
     assert spread["mean_norm"] < 0.9 < 0.97 < cone["mean_norm"]
 
 
+def test_freeze_bn_freezes_the_backbone_and_the_centring_bn_still_learns(data_root, tmp_path):
+    train(_cfg(data_root, tmp_path / "run", "train.epochs=1", "train.eval_every=0", "train.freeze_bn=true"))
+    state = read_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    backbone = [k for k in state if k.startswith("backbone.") and k.endswith("running_mean")]
+    head = [k for k in state if k.startswith("head.") and k.endswith("running_mean")]
+    assert backbone and head
+    assert all(torch.equal(state[k], torch.zeros_like(state[k])) for k in backbone)  # statistics as built
+    assert all(state[k].abs().max() > 0 for k in head)  # the centring (and classifier) BN moved
+
+
 def test_existing_run_is_not_overwritten(data_root, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
