@@ -27,6 +27,7 @@ from starlette.datastructures import UploadFile
 from .schemas import (Added, Explanation, Health, Item, ItemId, ItemList, Removed, SearchResponse, Stats,
                       embedding_query, errors)
 from .service import RetrievalService, Settings
+from .timing import StageTimer
 
 MAX_NPROBE = 1 << 16
 # The request bodies the routes read themselves (request.form / request.body), which the document
@@ -128,16 +129,31 @@ def _vectors(body: bytes, model: type[BaseModel], max_queries: int) -> tuple[np.
 
 
 def _search_response(service: RetrievalService, vectors: np.ndarray, names: list[str], params: SearchParams,
-                     k: int) -> JSONResponse:
-    """Search and render the answer (thread pool: its cost grows with queries × k)."""
-    hits = service.search(vectors, k, params.nprobe, service.rerank_spec(params.rerank))
-    return JSONResponse({"queries": [{"query": n, "results": h} for n, h in zip(names, hits)]})
+                     k: int, timer: StageTimer | None = None) -> JSONResponse:
+    """Search and render the answer (thread pool: its cost grows with queries × k); timer: adds its
+    ``search`` and ``json`` stages and sends every stage as ``Server-Timing``."""
+    timer = timer or StageTimer()
+    with timer.stage("search"):
+        hits = service.search(vectors, k, params.nprobe, service.rerank_spec(params.rerank))
+    with timer.stage("json"):
+        response = JSONResponse({"queries": [{"query": n, "results": h} for n, h in zip(names, hits)]})
+    response.headers["Server-Timing"] = timer.header()
+    return response
 
 
-async def _embed_pictures(service: RetrievalService, files: list[tuple[bytes, str]]) -> np.ndarray:
-    tensors = await run_in_threadpool(
-        lambda: torch.stack([service.preprocess(service.decode(data, name)) for data, name in files]))
-    return await asyncio.wrap_future(service.batcher.submit(tensors))
+async def _embed_pictures(service: RetrievalService, files: list[tuple[bytes, str]],
+                          timer: StageTimer | None = None) -> np.ndarray:
+    timer = timer or StageTimer()
+
+    def prepare() -> torch.Tensor:
+        with timer.stage("decode"):
+            pictures = [service.decode(data, name) for data, name in files]
+        with timer.stage("transform"):
+            return torch.stack([service.preprocess(picture) for picture in pictures])
+
+    tensors = await run_in_threadpool(prepare)
+    with timer.stage("embed"):  # the hand-off to the micro-batcher, its queue and the forward pass
+        return await asyncio.wrap_future(service.batcher.submit(tensors))
 
 
 def _static(name: str) -> str:
@@ -174,17 +190,20 @@ async def search(request: Request, params: SearchParams = Depends(), service: Re
                  settings: Settings = Depends(get_settings)):
     """Search by uploaded images (multipart ``images``) or by embeddings (JSON ``{"embedding": ...}``)."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    k = params.k
+    k, timer = params.k, StageTimer()
     if kind == "application/json":
-        vectors, body_k = await run_in_threadpool(_vectors, await request.body(),
-                                                  _embedding_query(settings.max_k, settings.max_files),
-                                                  settings.max_files)
+        with timer.stage("parse"):
+            body = await request.body()
+            vectors, body_k = await run_in_threadpool(_vectors, body, _embedding_query(settings.max_k,
+                                                                                       settings.max_files),
+                                                      settings.max_files)
         names = [f"embedding {i}" for i in range(len(vectors))]
         k = k if body_k is None else body_k
     else:
-        files, _ = await _uploads(request, settings)
-        vectors, names = await _embed_pictures(service, files), [name for _, name in files]
-    return await run_in_threadpool(_search_response, service, vectors, names, params, k)
+        with timer.stage("parse"):
+            files, _ = await _uploads(request, settings)
+        vectors, names = await _embed_pictures(service, files, timer), [name for _, name in files]
+    return await run_in_threadpool(_search_response, service, vectors, names, params, k, timer)
 
 
 @router.get("/items", response_model=ItemList, responses=errors())

@@ -55,6 +55,19 @@ def test_search_by_upload_and_by_embedding(client_for, index_dir, assets):
     assert by_vector["queries"][0]["results"][0]["id"] == 5
 
 
+def test_a_search_says_where_its_time_went_in_server_timing(client_for, index_dir, assets):
+    from retrieval.serve.timing import parse_server_timing
+
+    client = client_for(index_dir)
+    response = client.post("/search", params={"k": 2}, files=upload(assets["paths"][1]))
+    stages = parse_server_timing(response.headers["server-timing"])
+    assert list(stages) == ["parse", "decode", "transform", "embed", "search", "json"]
+    assert all(ms >= 0 for ms in stages.values()) and stages["embed"] > 0  # a forward pass takes time
+    by_vector = client.post("/search", json={"embedding": [1.0] * 16, "k": 1})
+    assert list(parse_server_timing(by_vector.headers["server-timing"])) == ["parse", "search", "json"]
+    assert parse_server_timing("a;dur=1.5, b;desc=x, a;dur=0.5") == {"a": 2.0}
+
+
 def test_attention_pictures_are_pngs(client_for, index_dir, assets):
     client = client_for(index_dir)
     for response in (client.get("/items/3/attention"), client.post("/attention", files=upload(assets["paths"][3]))):
