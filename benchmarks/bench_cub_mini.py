@@ -290,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     budget = (f"{base.train.epochs} epochs per model{steps}; batch {base.data.batch_size} "
               f"({base.data.batch_size // base.data.m_per_class} species × {base.data.m_per_class}), "
               f"{base.data.image_size} px, precision {base.train.precision}, seeds {' '.join(map(str, args.seeds))}")
-    lines = [f"CUB_mini ablation, from scratch: train {e0['train_classes']} species ({e0['train_images']} images), "
+    start_from = ("from scratch" if base.model.pretrained == "none"
+                  else f"fine-tuned from {base.model.backbone} weights '{base.model.pretrained}'")
+    lines = [f"CUB_mini ablation, {start_from}: train {e0['train_classes']} species ({e0['train_images']} images), "
              f"test {e0['test_classes']} unseen species ({e0['test_images']} images, leave-one-out)",
              machine_line(head), f"budget: {budget}; took {(time.perf_counter() - start) / 60:.1f} min in all", "",
              *table(entries), "",
