@@ -67,6 +67,7 @@ class MicroBatcher:
             if first is None:
                 return
             items = self._gather(first)
+            start = time.perf_counter()
             try:
                 out = self.fn(torch.cat([images for images, _ in items]))
             except Exception as err:  # every waiting request gets the error, the thread goes on
@@ -74,8 +75,10 @@ class MicroBatcher:
                     future.set_exception(err)
                 continue
             self.batches += 1
-            start = 0
+            forward_ms = 1000 * (time.perf_counter() - start)
+            row = 0
             for images, future in items:
-                future.set_result(out[start:start + len(images)])
-                start += len(images)
-            self.items += start
+                future.forward_ms = forward_ms  # read by the route's Server-Timing (serve/timing.py)
+                future.set_result(out[row:row + len(images)])
+                row += len(images)
+            self.items += row

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import time
 from importlib import resources
 
 import numpy as np
@@ -152,8 +153,14 @@ async def _embed_pictures(service: RetrievalService, files: list[tuple[bytes, st
             return torch.stack([service.preprocess(picture) for picture in pictures])
 
     tensors = await run_in_threadpool(prepare)
-    with timer.stage("embed"):  # the hand-off to the micro-batcher, its queue and the forward pass
-        return await asyncio.wrap_future(service.batcher.submit(tensors))
+    future = service.batcher.submit(tensors)
+    start = time.perf_counter()
+    out = await asyncio.wrap_future(future)
+    waited = 1000 * (time.perf_counter() - start)
+    forward = min(waited, getattr(future, "forward_ms", waited))
+    timer.add("forward", forward)
+    timer.add("batcher", waited - forward)  # the queue and the thread hand-offs around the forward pass
+    return out
 
 
 def _static(name: str) -> str:

@@ -2,8 +2,8 @@
 
 ``Server-Timing`` (W3C Server Timing; browsers show it in the network panel) carries
 ``name;dur=milliseconds`` entries. ``/search`` reports parse (reading the multipart body or the
-JSON), decode, transform, embed (the hand-off to the micro-batcher, its queue and the forward
-pass), search and json; ``benchmarks/bench_serve.py`` reads them to show what the service adds
+JSON), decode, transform, forward (the network's pass over the micro-batch this request was
+in), batcher (the rest of the wait for it: queue and thread hand-offs), search and json; ``benchmarks/bench_serve.py`` reads them to show what the service adds
 to the forward pass. Stages run in different threads one after the other, never concurrently,
 so a plain list suffices.
 """
@@ -27,6 +27,10 @@ class StageTimer:
             yield
         finally:
             self.stages.append((name, 1000 * (time.perf_counter() - start)))
+
+    def add(self, name: str, ms: float) -> None:
+        """A stage measured elsewhere (the micro-batcher's forward pass)."""
+        self.stages.append((name, ms))
 
     def header(self) -> str:
         """The ``Server-Timing`` value: ``parse;dur=0.81, decode;dur=2.10, ...`` (milliseconds)."""

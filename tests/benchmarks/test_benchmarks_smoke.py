@@ -109,7 +109,7 @@ def test_serve(tmp_path):
     assert HEADER <= res.keys() and res["gallery"] == 12 and res["throughput_errors"] == 0
     assert {"http_p50_ms", "http_p99_ms", "forward_p50_ms", "ratio_p50", "ratio_p99"} <= res["latency"].keys()
     stages = res["latency"]["stages_p50_ms"]
-    assert {"parse", "decode", "transform", "embed", "search", "json", "outside the handler"} == stages.keys()
+    assert {"parse", "decode", "transform", "forward", "batcher", "search", "json", "outside the handler"} == stages.keys()
     writes = res["writes"]
     assert writes["consistent"] and writes["final"] == 12 + 4 - 2 and writes["write_errors"] == 0
     assert writes["search_errors"] == 0 and res["server_memory_mb"]["VmHWM"] > 0

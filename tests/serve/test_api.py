@@ -61,8 +61,8 @@ def test_a_search_says_where_its_time_went_in_server_timing(client_for, index_di
     client = client_for(index_dir)
     response = client.post("/search", params={"k": 2}, files=upload(assets["paths"][1]))
     stages = parse_server_timing(response.headers["server-timing"])
-    assert list(stages) == ["parse", "decode", "transform", "embed", "search", "json"]
-    assert all(ms >= 0 for ms in stages.values()) and stages["embed"] > 0  # a forward pass takes time
+    assert list(stages) == ["parse", "decode", "transform", "forward", "batcher", "search", "json"]
+    assert all(ms >= 0 for ms in stages.values()) and stages["forward"] > 0  # a forward pass takes time
     by_vector = client.post("/search", json={"embedding": [1.0] * 16, "k": 1})
     assert list(parse_server_timing(by_vector.headers["server-timing"])) == ["parse", "search", "json"]
     assert parse_server_timing("a;dur=1.5, b;desc=x, a;dur=0.5") == {"a": 2.0}
