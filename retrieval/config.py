@@ -63,7 +63,7 @@ POSITIVE = (
 
 # Keys whose value must be >= 0.
 NON_NEGATIVE = (
-    "data.num_workers", "data.val_classes", "optim.weight_decay", "optim.momentum", "optim.warmup_epochs",
+    "data.num_workers", "data.val_classes", "loss.xbm_memory", "optim.weight_decay", "optim.momentum", "optim.warmup_epochs",
     "loss.cls_weight", "train.seed", "train.steps_per_epoch", "train.eval_every", "train.grad_clip",
 )
 
@@ -202,9 +202,12 @@ def _validate_data(d: DataConfig) -> None:
 
 
 def _validate_loss(loss: LossConfig) -> LossConfig:
-    from .losses import resolve_arguments
+    from .losses import LOSSES, resolve_arguments
 
     loss = resolve_arguments(loss)
+    if loss.xbm_memory and LOSSES[loss.name].proxies:
+        raise ConfigError(f"loss.xbm_memory: a cross-batch memory mines pairs and triplets; loss.name={loss.name} "
+                          "learns proxies instead (use triplet or multi_similarity, or loss.xbm_memory=0)")
     if not 0 <= loss.label_smoothing < 1:
         raise ConfigError(f"loss.label_smoothing: must be in [0, 1), got {loss.label_smoothing}")
     return loss

@@ -143,6 +143,18 @@ class RetrievalLoss(torch.nn.Module):
         self.cls_weight = cfg.cls_weight
         self.ce = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.distributed = distributed
+        self.xbm = None
+        if cfg.xbm_memory:
+            # XBM (Wang et al., CVPR 2020): embeddings of the last xbm_memory samples, kept without
+            # gradient, are mined against each batch, so hard pairs come from far more than 32 images.
+            # PML keeps the memory in buffers (saved in checkpoints) but its fill position in plain
+            # attributes, so a resumed run starts with an empty memory and refills it in
+            # xbm_memory / batch_size steps.
+            if distributed:
+                raise ConfigError("loss.xbm_memory: not available under torchrun (each rank would keep its own "
+                                  "memory); set loss.xbm_memory=0")
+            self.xbm = losses.CrossBatchMemory(self.metric, embedding_dim, memory_size=cfg.xbm_memory,
+                                               miner=self.miner)
         if distributed:
             # Gather embeddings of every rank before mining and the loss (PML's wrappers), so a
             # rank's batch is compared against the global batch, as in single-process training.
@@ -158,8 +170,11 @@ class RetrievalLoss(torch.nn.Module):
     def forward(self, embeddings: torch.Tensor, logits: torch.Tensor | None, labels: torch.Tensor) -> LossOutput:
         """embeddings: (B, D) L2-normalised; logits: (B, C) already divided by τ, or None; labels: (B,)."""
         embeddings = _at_least_float32(embeddings)
-        pairs = self._miner_call(embeddings, labels) if self._miner_call is not None else None
-        metric = self._metric_call(embeddings, labels, pairs)
+        if self.xbm is not None:
+            metric = self.xbm(embeddings, labels)  # mines the batch against itself and the memory
+        else:
+            pairs = self._miner_call(embeddings, labels) if self._miner_call is not None else None
+            metric = self._metric_call(embeddings, labels, pairs)
         if logits is not None and self.cls_weight > 0:
             cls = self.ce(_at_least_float32(logits), labels)
         else:

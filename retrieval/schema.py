@@ -66,6 +66,7 @@ class LossConfig:
     miner_args: dict[str, Any] = field(default_factory=dict)  # the miner's arguments (semi_hard: margin, default the loss's)
     cls_weight: float = 1.0  # weight of CGD's auxiliary classification loss (0 disables it)
     label_smoothing: float = 0.1  # ε of the classification loss (CGD: 0.1)
+    xbm_memory: int = 0  # cross-batch memory (XBM, Wang et al. CVPR 2020): the last N embeddings join each batch's mining; 0 = off
 
 
 @dataclass

@@ -27,6 +27,35 @@ def test_triplet_batch_hard_plus_cls_matches_references():
     assert out.total.item() == pytest.approx(ref_metric.item() + 0.7 * ref_cls.item(), rel=1e-6)
 
 
+def test_cross_batch_memory_mines_against_earlier_batches_like_pml():
+    cfg = LossConfig(name="triplet", miner="batch_hard", args={"margin": 0.1}, xbm_memory=48)
+    ours = RetrievalLoss(cfg, 8, 16)
+    reference = losses.CrossBatchMemory(losses.TripletMarginLoss(margin=0.1), 16, memory_size=48,
+                                        miner=miners.BatchHardMiner())
+    plain = RetrievalLoss(LossConfig(name="triplet", miner="batch_hard", args={"margin": 0.1}), 8, 16)
+    values = []
+    for seed in range(3):  # 3 × 32 > 48: the memory wraps around
+        emb, logits, labels = _batch(seed=seed)
+        got = ours(emb, logits, labels).metric.item()
+        assert got == pytest.approx(reference(emb, labels).item(), rel=1e-6)
+        values.append((got, plain(emb, logits, labels).metric.item()))
+    assert values[0][0] == pytest.approx(values[0][1], rel=1e-6)  # first batch: the memory holds only itself
+    assert values[2][0] != pytest.approx(values[2][1], rel=1e-3)  # later: harder triplets from the memory
+    state = ours.state_dict()
+    assert state["xbm.embedding_memory"].shape == (48, 16) and ours.xbm.has_been_filled
+
+
+def test_cross_batch_memory_is_refused_where_it_cannot_work():
+    from retrieval.config import config_from_dict
+
+    with pytest.raises(ConfigError, match="loss.xbm_memory: .*proxies"):
+        config_from_dict({"loss": {"name": "proxy_anchor", "miner": "none", "xbm_memory": 64}})
+    with pytest.raises(ConfigError, match="loss.xbm_memory: must be >= 0"):
+        config_from_dict({"loss": {"xbm_memory": -1}})
+    with pytest.raises(ConfigError, match="torchrun"):
+        RetrievalLoss(LossConfig(xbm_memory=64), 8, 16, distributed=True)
+
+
 def test_cls_weight_zero_or_no_logits_is_metric_only():
     emb, logits, labels = _batch()
     loss = RetrievalLoss(LossConfig(name="multi_similarity", miner="multi_similarity", cls_weight=0.0), 8, 16)
