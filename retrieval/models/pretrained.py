@@ -18,7 +18,7 @@ from torchvision.models import get_weight
 from ..errors import CheckpointError
 from .attention import is_attention_parameter
 from .backbone import ResNetBackbone
-from .efficientnet_lite import EfficientNetLiteBackbone, load_lite_weights
+from .efficientnet_lite import EfficientNetLiteBackbone, imagenet_weights_file, load_lite_state
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,16 @@ def load_pretrained(backbone: ResNetBackbone | EfficientNetLiteBackbone, pretrai
     if pretrained == "none":
         return None
     if isinstance(backbone, EfficientNetLiteBackbone):
-        load_lite_weights(backbone, pretrained)  # its weights come from a pip package, in its own format
+        load_lite_weights(backbone, pretrained)
         return None
     if pretrained == "imagenet":
         return load_backbone_weights(backbone, imagenet_state_dict(backbone.arch), f"ImageNet {backbone.arch}")
     return load_backbone_weights(backbone, read_state_dict(pretrained), str(pretrained))
+
+
+def load_lite_weights(backbone: EfficientNetLiteBackbone, pretrained: str) -> None:
+    """``imagenet`` (the file the weights package installs) or a path, in that package's own format."""
+    if pretrained == "imagenet":
+        load_lite_state(backbone, read_state_dict(imagenet_weights_file(backbone.arch)), "ImageNet")
+    else:
+        load_lite_state(backbone, read_state_dict(pretrained), str(pretrained))

