@@ -24,7 +24,7 @@ from .errors import ConfigError
 from .registry import Registry
 # The sections are also importable from here (``from retrieval.config import ModelConfig``), as before
 # they moved to schema.py; modules of the package import them from schema.
-from .schema import (PRECISIONS, Config, DataConfig, EvalConfig, LossConfig, ModelConfig, OptimConfig,  # noqa: F401
+from .schema import (PRECISIONS, TRAIN_CROPS, Config, DataConfig, EvalConfig, LossConfig, ModelConfig, OptimConfig,  # noqa: F401
                      RerankConfig, TrainConfig)
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ def choices() -> dict[str, Registry | tuple[str, ...]]:
     registries = (SOURCES, BACKBONES, ATTENTIONS, ARRANGEMENTS, POOLS, LOSSES, MINERS, OPTIMIZERS, SCHEDULES,
                   RERANKERS)
     return {**{r.key: r for r in registries}, "data.split": ("classes", "official"),
+            "data.train_crop": TRAIN_CROPS,
             "model.cbam_init": ("auto", *INITS), "model.metric_on": METRIC_INPUTS,
             "model.classifier_on": CLASSIFIER_INPUTS, "train.precision": PRECISIONS}
 
@@ -187,6 +188,10 @@ def _validate_model(m: ModelConfig) -> None:
 def _validate_data(d: DataConfig) -> None:
     if d.m_per_class < 1 or d.batch_size % d.m_per_class:
         raise ConfigError(f"data.batch_size: {d.batch_size} is not a multiple of data.m_per_class={d.m_per_class}")
+    low, high = (d.crop_scale + [0.0, 0.0])[:2]
+    if len(d.crop_scale) != 2 or not 0 < low <= high <= 1:
+        raise ConfigError(f"data.crop_scale: expected [low, high] with 0 < low <= high <= 1 (fractions of the "
+                          f"image's area), got {d.crop_scale}")
     if d.resize < d.image_size:
         raise ConfigError(f"data.resize: {d.resize} is smaller than data.image_size={d.image_size}")
     for key in ("train_classes", "test_classes"):

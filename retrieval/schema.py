@@ -15,6 +15,10 @@ from typing import Any
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # --runtime: what runs a checkpoint's network when it embeds (``retrieval.execution``).
 RUNTIMES = ("torch", "onnxruntime")
+# data.train_crop: random = resize to resize×resize, random crop (CGD, Jun et al. 2019 §4.1);
+# resized = RandomResizedCrop to image_size over data.crop_scale of the area, aspect 3/4–4/3
+# (the metric-learning benchmarks' augmentation: Musgrave et al. 2020, "A Metric Learning Reality Check").
+TRAIN_CROPS = ("random", "resized")
 
 
 @dataclass
@@ -28,6 +32,8 @@ class DataConfig:
     crop: bool = False  # crop to bounding boxes (CUB, Cars); CGD's published numbers use crops
     image_size: int = 224  # side of the network input (CGD: 224)
     resize: int = 252  # train: resize to resize×resize, then random crop image_size (CGD: 252 → 224)
+    train_crop: str = "random"  # random: the resized image's random image_size crop (CGD); resized: RandomResizedCrop
+    crop_scale: list[float] = field(default_factory=lambda: [0.16, 1.0])  # resized: crop's area range (Musgrave et al. 2020)
     batch_size: int = 128  # images per step (CGD: 128)
     m_per_class: int = 4  # images of each class in a batch (CGD: 32 classes × 4)
     num_workers: int = 2  # data-loader worker processes

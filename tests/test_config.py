@@ -47,6 +47,10 @@ def test_base_inheritance(tmp_path):
     (["optim.lr=0"], ["optim.lr", "> 0"]),
     (["loss.label_smoothing=1.5"], ["loss.label_smoothing"]),
     (["noequals"], ["section.key=value"]),
+    (["data.train_crop=centre"], ["data.train_crop", "centre", "resized"]),
+    (["data.crop_scale=[0.5]"], ["data.crop_scale", "[0.5]", "0 < low <= high <= 1"]),
+    (["data.crop_scale=[0.8, 0.2]"], ["data.crop_scale", "[0.8, 0.2]"]),
+    (["data.crop_scale=[0, 1]"], ["data.crop_scale", "[0.0, 1.0]"]),
 ])
 def test_bad_values_name_the_key(override, words):
     with pytest.raises(ConfigError) as err:

@@ -74,6 +74,33 @@ def test_transforms_follow_cgd():
     assert len(set(drawn)) > 10 and {flip for _, _, flip in drawn} == {False, True}
 
 
+def test_resized_crop_takes_the_chosen_share_of_the_image():
+    """data.train_crop=resized: RandomResizedCrop over crop_scale of the area, aspect 3/4–4/3 (Musgrave
+    et al. 2020). A horizontal ramp shows how wide each crop was: a crop of a fraction s of the area
+    with aspect r spans sqrt(s·r) of the image's width."""
+    from PIL import Image
+
+    ramp = np.tile(np.linspace(0, 255, 80, dtype=np.float32), (80, 1))
+    img = Image.fromarray(np.stack([ramp] * 3, -1).round().astype(np.uint8))
+    width = 255 / IMAGENET_STD[0] / 255  # the ramp's full span after normalisation
+
+    def spans(cfg, draws=60):
+        transform = build_transforms(cfg, True)
+        torch.manual_seed(0)
+        outs = [transform(img)[0] for _ in range(draws)]
+        return np.array([float(o.max() - o.min()) / width for o in outs])
+
+    small = spans(DataConfig(image_size=32, resize=80, train_crop="resized", crop_scale=[0.09, 0.09]))
+    assert small.min() > np.sqrt(0.09 * 3 / 4) - 0.06 and small.max() < np.sqrt(0.09 * 4 / 3) + 0.06
+    assert small.std() > 0.01  # the aspect ratio varies from draw to draw
+    whole = spans(DataConfig(image_size=32, resize=80, train_crop="resized", crop_scale=[1.0, 1.0]))
+    assert whole.min() > 0.95  # the whole image (its aspect 1 is within 3/4–4/3)
+    fixed = spans(DataConfig(image_size=32, resize=80))  # the CGD crop: always 32 of 80 columns
+    assert np.allclose(fixed, 31 / 79, atol=0.02)
+    names = [type(t).__name__ for t in build_transforms(DataConfig(train_crop="resized"), True).transforms]
+    assert names == ["Resize", "RandomResizedCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
+
+
 @pytest.mark.parametrize("cache", [False, True])
 def test_build_splits_synthetic(tmp_path, cache):
     cfg = DataConfig(root=str(tmp_path / "syn"), synthetic_classes=6, synthetic_per_class=3, synthetic_size=24,
