@@ -4,8 +4,10 @@ Same model (CBAM-ResNet + CGD head), same batch, same loss; the only differences
 ones the training loop applies: bf16 autocast (where the CPU has native bf16, AMP on CUDA)
 and channels_last. The two loops alternate in rounds so machine noise hits both alike.
 Data comes from memory (random tensors) so the ratio measures the model step, not decoding.
+``--compile`` adds a third loop: the project loop with ``train.compile=true`` (torch.compile of
+the training forward pass; its compilation time is the first step's, reported apart).
 
-    python -m benchmarks.bench_train_speed --backbone resnet18 --size 128 --batch 64
+    python -m benchmarks.bench_train_speed --backbone resnet18 --size 128 --batch 64 --compile
 """
 from __future__ import annotations
 
@@ -19,15 +21,17 @@ from retrieval.losses import RetrievalLoss
 from retrieval.models import build_model
 from retrieval.optim import build_optimizer
 from retrieval.embed import Embedder
+from retrieval.engine.run import TrainForward
+from retrieval.execution import CompiledOrEager
 from retrieval.runtime import autocast, resolve_device
 
 from .common import header, machine_line, write_results
 
 
-def _step_fn(model, loss_fn, opt, images, labels, dtype, device):
+def _step_fn(forward, loss_fn, opt, images, labels, dtype, device):
     def step():
         with autocast(device, dtype):
-            emb, logits = model.forward_train(images)
+            emb, logits = forward(images)
         out = loss_fn(emb, logits, labels)
         opt.zero_grad(set_to_none=True)
         out.total.backward()
@@ -35,8 +39,9 @@ def _step_fn(model, loss_fn, opt, images, labels, dtype, device):
     return step
 
 
-def _setup(args, precision: str, channels_last: bool, device):
-    """(one training step, its autocast dtype): the model placed as ``setup_run`` places it (an Embedder)."""
+def _setup(args, precision: str, channels_last: bool, device, compile: bool = False):
+    """(one training step, its autocast dtype): the model placed as ``setup_run`` places it (an Embedder);
+    compile: its forward pass through ``torch.compile`` as ``train.compile=true`` runs it."""
     torch.manual_seed(0)
     cfg = ModelConfig(backbone=args.backbone, embedding_dim=args.dim, descriptors=args.descriptors,
                       attention="none" if args.no_cbam else "cbam")
@@ -48,18 +53,28 @@ def _setup(args, precision: str, channels_last: bool, device):
     images = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(
         memory_format=placed.memory_format)
     labels = torch.arange(classes, device=device).repeat_interleave(4)
-    return _step_fn(placed.model, loss_fn, opt, images, labels, placed.dtype, device), placed.dtype
+    forward = TrainForward(placed.model)
+    if compile:
+        forward = CompiledOrEager(forward, what="the training network")
+    return _step_fn(forward, loss_fn, opt, images, labels, placed.dtype, device), placed.dtype
 
 
 def run(args) -> dict:
     device = resolve_device(args.device)
     plain, _ = _setup(args, "fp32", False, device)
     fast, fast_dtype = _setup(args, "auto", True, device)
-    loops = {"plain fp32": plain, f"project loop ({fast_dtype or 'fp32'} + channels_last)": fast}
+    project = f"project loop ({fast_dtype or 'fp32'} + channels_last)"
+    loops = {"plain fp32": plain, project: fast}
+    if args.compile:
+        loops[project + " + train.compile"] = _setup(args, "auto", True, device, compile=True)[0]
     times = {name: 0.0 for name in loops}
-    for step in loops.values():  # warm-up (allocator, oneDNN kernel selection)
-        for _ in range(args.warmup):
+    first_step_s = {}
+    for name, step in loops.items():  # warm-up (allocator, oneDNN kernel selection; compilation)
+        for i in range(args.warmup):
+            start = time.perf_counter()
             step()
+            if i == 0:  # with train.compile: the forward and backward graphs are compiled here
+                first_step_s[name] = time.perf_counter() - start
     for _ in range(args.rounds):
         for name, step in loops.items():
             start = time.perf_counter()
@@ -70,8 +85,9 @@ def run(args) -> dict:
             times[name] += time.perf_counter() - start
     images = args.rounds * args.steps * args.batch
     ips = {name: images / t for name, t in times.items()}
-    base, fast = list(ips.values())
-    return {"benchmark": "train_speed", **header(), "args": vars(args), "images_per_s": ips, "speedup": fast / base}
+    base, fast = list(ips.values())[:2]
+    return {"benchmark": "train_speed", **header(), "args": vars(args), "images_per_s": ips, "speedup": fast / base,
+            "speedup_by_loop": {name: v / base for name, v in ips.items()}, "first_step_s": first_step_s}
 
 
 def main(argv=None) -> None:
@@ -86,12 +102,16 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true", help="also time the project loop with train.compile "
+                                                          "(torch.compile, inductor); its first step includes compiling")
     p.add_argument("--out", default="runs/bench")
     args = p.parse_args(argv)
     res = run(args)
     lines = [f"Training speed ({args.backbone}{'' if args.no_cbam else '+CBAM'}+CGD, {args.size} px, batch {args.batch}); "
-             f"{machine_line(res)}", "", "| loop | images/s |", "| --- | --- |"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in res["images_per_s"].items()]
+             f"{machine_line(res)}", "", "| loop | images/s | × plain fp32 | first step s (with compilation) |",
+             "| --- | --- | --- | --- |"]
+    lines += [f"| {k} | {v:.1f} | {res['speedup_by_loop'][k]:.2f} | {res['first_step_s'].get(k, 0):.1f} |"
+              for k, v in res["images_per_s"].items()]
     lines += ["", f"speed-up: {res['speedup']:.2f}×", ""]
     print("\n".join(lines))
     write_results(args.out, "train_speed", res, "\n".join(lines))

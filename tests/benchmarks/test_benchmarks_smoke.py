@@ -29,6 +29,18 @@ def test_train_speed(tmp_path):
     assert HEADER <= res.keys() and len(res["images_per_s"]) == 2 and res["speedup"] > 0
 
 
+def test_train_speed_with_compile(tmp_path, monkeypatch):
+    monkeypatch.setattr("retrieval.execution.COMPILE_BACKEND", "eager")  # dynamo only: seconds, not a minute
+    bench_train_speed.main(["--backbone", "resnet18", "--size", "32", "--batch", "8", "--dim", "32", "--steps", "1",
+                            "--rounds", "1", "--warmup", "1", "--compile", "--out", str(tmp_path)])
+    res = _read(tmp_path, "train_speed")
+    compiled = [name for name in res["images_per_s"] if name.endswith("+ train.compile")]
+    assert len(res["images_per_s"]) == 3 and len(compiled) == 1
+    assert res["first_step_s"].keys() == res["images_per_s"].keys() == res["speedup_by_loop"].keys()
+    assert res["speedup_by_loop"]["plain fp32"] == 1.0
+    assert "| 1.00 |" in (tmp_path / "train_speed.md").read_text()
+
+
 def test_embed_speed(tmp_path):
     bench_embed_speed.main(["--backbone", "resnet18", "--size", "32", "--batch", "4", "--dim", "32", "--steps", "2",
                             "--rounds", "1", "--warmup", "1", "--plain-torchvision", "--out", str(tmp_path)])
@@ -99,12 +111,22 @@ def test_run_all_rejects_unknown_name(tmp_path, capsys):
     assert "unknown benchmark" in capsys.readouterr().err
 
 
+def test_serve_rejects_a_server_env_without_a_value(capsys):
+    with pytest.raises(SystemExit):
+        bench_serve.main(["--server-env", "OMP_WAIT_POLICY"])
+    assert "--server-env 'OMP_WAIT_POLICY': expected KEY=VALUE" in capsys.readouterr().err
+
+
 def test_serve(tmp_path):
     images = make_gallery(tmp_path / "images", classes=3, per_class=5)
     assert bench_serve.main(["--backbone", "resnet18", "--size", "32", "--dim", "16", "--images", str(images),
                              "--gallery", "12", "--requests", "4", "--adds", "4", "--rerank", "aqe:n=2",
-                             "--out", str(tmp_path / "out")]) == 0
+                             "--server-env", "OMP_WAIT_POLICY=PASSIVE", "--out", str(tmp_path / "out")]) == 0
     res = _read(tmp_path / "out", "serve")
+    assert res["server_env"] == {"OMP_WAIT_POLICY": "PASSIVE"}
+    lat = res["latency"]
+    assert lat["httpx_p50_ms"] > 0 and lat["ratio_server_forward_p50"] == pytest.approx(
+        lat["http_p50_ms"] / lat["stages_p50_ms"]["forward"])
     assert res["rerank_latency"]["rerank"] == "aqe:n=2" and res["rerank_latency"]["reranked_p50_ms"] > 0
     assert HEADER <= res.keys() and res["gallery"] == 12 and res["throughput_errors"] == 0
     assert {"http_p50_ms", "http_p99_ms", "forward_p50_ms", "ratio_p50", "ratio_p99"} <= res["latency"].keys()
