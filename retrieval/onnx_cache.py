@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .errors import ConfigError
 from .files import atomic_write_bytes, atomic_write_text, sha256_file
@@ -145,11 +144,9 @@ class CachedOnnxEmbedder:
 
     def image_array(self, path: str) -> np.ndarray:
         """The test transform of one image file: (3, S, S) float32."""
-        from .data.images import load_image
+        from .data.images import load_image, eval_array
 
-        img = load_image(path).resize((self.image_size, self.image_size), Image.BILINEAR)
-        pixels = np.asarray(img, np.float32).transpose(2, 0, 1) / 255.0
-        return (pixels - self.mean) / self.std
+        return eval_array(load_image(path), self.image_size, self.mean, self.std)
 
     def embed_arrays(self, images: np.ndarray) -> np.ndarray:
         out = self.session.run(["embeddings"], {"images": np.ascontiguousarray(images, np.float32)})[0]

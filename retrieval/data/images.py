@@ -116,6 +116,18 @@ def load_image(path: str | Path) -> Image.Image:
     return _to_rgb(_open(path))
 
 
+def eval_array(img: Image.Image, size: int, mean, std) -> np.ndarray:
+    """The test transform with Pillow and numpy, no torch: (3, size, size) float32.
+
+    What ``build_transforms(cfg, train=False)`` does — torchvision's ``Resize`` on a PIL image is
+    Pillow's bilinear resize, ``ToTensor`` scales to [0, 1], ``Normalize`` subtracts ``mean`` and
+    divides by ``std`` per channel — for callers that must not run PyTorch operators (the cached
+    ONNX model; the service's request threads, see ``serve/batcher.py``).
+    """
+    pixels = np.asarray(img.resize((size, size), Image.BILINEAR), np.float32).transpose(2, 0, 1) / np.float32(255)
+    return (pixels - np.asarray(mean, np.float32).reshape(3, 1, 1)) / np.asarray(std, np.float32).reshape(3, 1, 1)
+
+
 def check_image(path: str | Path) -> str | None:
     """None when ``path`` decodes, else the reason it does not (decoded at reduced scale for speed)."""
     path = str(path)

@@ -6,6 +6,15 @@ runs the model once on the stack and hands every request its rows. Under load th
 pass — the expensive part of a query — runs once per batch instead of once per request.
 With ``max_wait_ms=0`` (the service's default) nothing waits: a batch is what queued while
 the previous pass ran, so a lone request pays no delay (continuous batching).
+
+``call(fn)`` runs any other function on the same thread, between forward passes: the service
+sends all its PyTorch work there (loading the model, explanations, attention maps). One thread
+then owns PyTorch's one OpenMP team. Each thread that runs a parallel region gets a team of its
+own, and once a process's OpenMP threads outnumber the CPUs, libgomp stops letting idle workers
+spin and puts them to sleep after ~100 spins (``do_spin`` in libgomp's ``config/linux/wait.h``):
+every parallel region of a forward pass then starts by waking them with a futex, which made the
+server's forward pass 25–30 % slower than the same pass in a one-threaded process
+(RESULTS.md, "retrieval-serve: where the forward pass lost its time").
 """
 from __future__ import annotations
 
@@ -14,12 +23,29 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Call:
+    """A function to run on the batcher's thread (``MicroBatcher.call``)."""
+    fn: Callable[..., Any]
+    args: tuple
+    future: Future
+
+    def run(self) -> None:
+        if not self.future.set_running_or_notify_cancel():
+            return
+        try:
+            self.future.set_result(self.fn(*self.args))
+        except Exception as err:  # noqa: BLE001 — the caller gets it; the thread goes on
+            self.future.set_exception(err)
 
 
 class MicroBatcher:
@@ -41,11 +67,18 @@ class MicroBatcher:
         self._queue.put((images, future))
         return future
 
+    def call(self, fn: Callable[..., Any], *args) -> Future:
+        """A future of ``fn(*args)``, run on the batcher's thread after the forward pass in progress."""
+        future: Future = Future()
+        self._queue.put(_Call(fn, args, future))
+        return future
+
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)
 
-    def _gather(self, first) -> list:
+    def _gather(self, first, calls: list[_Call]) -> list:
+        """The batch that starts with ``first``; calls met while gathering go to ``calls`` (run after it)."""
         items, count = [first], len(first[0])
         deadline = time.perf_counter() + self.max_wait
         while count < self.max_batch:
@@ -57,6 +90,9 @@ class MicroBatcher:
             if item is None:  # close() while gathering: finish this batch, then stop
                 self._queue.put(None)
                 break
+            if isinstance(item, _Call):
+                calls.append(item)
+                continue
             items.append(item)
             count += len(item[0])
         return items
@@ -66,19 +102,28 @@ class MicroBatcher:
             first = self._queue.get()
             if first is None:
                 return
-            items = self._gather(first)
-            start = time.perf_counter()
-            try:
-                out = self.fn(torch.cat([images for images, _ in items]))
-            except Exception as err:  # every waiting request gets the error, the thread goes on
-                for _, future in items:
-                    future.set_exception(err)
+            if isinstance(first, _Call):
+                first.run()
                 continue
-            self.batches += 1
-            forward_ms = 1000 * (time.perf_counter() - start)
-            row = 0
-            for images, future in items:
-                future.forward_ms = forward_ms  # read by the route's Server-Timing (serve/timing.py)
-                future.set_result(out[row:row + len(images)])
-                row += len(images)
-            self.items += row
+            calls: list[_Call] = []
+            self._forward(self._gather(first, calls))
+            for call in calls:
+                call.run()
+
+    def _forward(self, items: list) -> None:
+        """One forward pass over the gathered requests; each future gets its rows (or the error)."""
+        start = time.perf_counter()
+        try:
+            out = self.fn(torch.cat([images for images, _ in items]))
+        except Exception as err:  # every waiting request gets the error, the thread goes on
+            for _, future in items:
+                future.set_exception(err)
+            return
+        self.batches += 1
+        forward_ms = 1000 * (time.perf_counter() - start)
+        row = 0
+        for images, future in items:
+            future.forward_ms = forward_ms  # read by the route's Server-Timing (serve/timing.py)
+            future.set_result(out[row:row + len(images)])
+            row += len(images)
+        self.items += row

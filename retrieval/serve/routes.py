@@ -150,7 +150,7 @@ async def _embed_pictures(service: RetrievalService, files: list[tuple[bytes, st
         with timer.stage("decode"):
             pictures = [service.decode(data, name) for data, name in files]
         with timer.stage("transform"):
-            return torch.stack([service.preprocess(picture) for picture in pictures])
+            return service.batch(pictures)
 
     tensors = await run_in_threadpool(prepare)
     future = service.batcher.submit(tensors)
@@ -244,7 +244,7 @@ def _attention_png(service: RetrievalService, data: bytes, name: str, kind: str)
 
     picture = service.decode(data, name)
     try:
-        return overlay_png(service.embedder.model, picture, service.preprocess(picture), kind)
+        return service.run_model(overlay_png, service.embedder.model, picture, service.preprocess(picture), kind)
     except ValueError as err:  # gates of a model without any
         raise HTTPException(400, str(err)) from None
 

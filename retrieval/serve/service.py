@@ -25,6 +25,7 @@ with the parameters the service started with: each other choice would redo the w
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import mimetypes
@@ -41,7 +42,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ..data import decode_image
+from ..data import IMAGENET_MEAN, IMAGENET_STD, decode_image
+from ..data.images import eval_array
 from ..errors import ConfigError, IndexFormatError
 from ..files import atomic_write_bytes, writer_lock
 from ..embed import CheckpointEmbedder, open_embedder
@@ -97,15 +99,21 @@ class RetrievalService:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.embedder: CheckpointEmbedder = open_embedder(settings.checkpoint, settings.device, workers=0,
-                                                precision=settings.precision, runtime=settings.runtime,
-                                                compile=settings.compile)
-        if settings.runtime != "torch" or settings.compile:
-            self._warm_up()  # export / compile now, not on a user's first request
-        self._stamp: tuple | None = None
-        self.gallery: Gallery = self._load()
-        self.uploads = settings.index.parent / f"{settings.index.name}.uploads"
+        # Every PyTorch operator of the service runs on the batcher's thread, loading included: one
+        # OpenMP team, whose idle workers spin between passes instead of sleeping (serve/batcher.py).
         self.batcher = MicroBatcher(self._forward, settings.max_batch, settings.batch_wait_ms)
+        try:
+            self.embedder: CheckpointEmbedder = self.run_model(
+                open_embedder, settings.checkpoint, settings.device, workers=0, precision=settings.precision,
+                runtime=settings.runtime, compile=settings.compile)
+            if settings.runtime != "torch" or settings.compile:
+                self.run_model(self._warm_up)  # export / compile now, not on a user's first request
+            self._stamp: tuple | None = None
+            self.gallery: Gallery = self._load()
+        except BaseException:
+            self.batcher.close()
+            raise
+        self.uploads = settings.index.parent / f"{settings.index.name}.uploads"
         self._write = threading.Lock()
         self.default_rerank = self._bounded(parse_rerank(settings.rerank, "--rerank"), "--rerank")
         self._rerank_lock = threading.Lock()
@@ -132,13 +140,25 @@ class RetrievalService:
         """An upload as RGB, through the same guarded decoder as training (ImageError naming ``name``)."""
         return decode_image(data, name, max_pixels=self.settings.max_pixels)
 
+    def run_model(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` on the batcher's thread, where the service runs PyTorch (serve/batcher.py)."""
+        return self.batcher.call(functools.partial(fn, *args, **kwargs)).result()
+
     def preprocess(self, picture: Image.Image) -> torch.Tensor:
-        """The checkpoint's test transform: (3, H, W) float."""
-        return self.embedder.transform(picture)
+        """The checkpoint's test transform: (3, H, W) float32, computed without PyTorch operators, so
+        that the request threads that call it start no OpenMP team of their own (serve/batcher.py)."""
+        return torch.from_numpy(self._array(picture))
+
+    def batch(self, pictures: list[Image.Image]) -> torch.Tensor:
+        """The pictures' test transforms stacked: (n, 3, H, W), without PyTorch operators."""
+        return torch.from_numpy(np.stack([self._array(p) for p in pictures]))
+
+    def _array(self, picture: Image.Image) -> np.ndarray:
+        return eval_array(picture, int(self.embedder.cfg.data.image_size), IMAGENET_MEAN, IMAGENET_STD)
 
     def embed(self, pictures: list[Image.Image]) -> np.ndarray:
         """(n, D) embeddings of decoded pictures, through the micro-batcher."""
-        return self.batcher.submit(torch.stack([self.preprocess(p) for p in pictures])).result()
+        return self.batcher.submit(self.batch(pictures)).result()
 
     def check_k(self, k: int) -> int:
         if k < 1 or k > self.settings.max_k:
@@ -204,7 +224,7 @@ class RetrievalService:
 
         data, _, path = self.item_file(item_id)
         result = self.preprocess(self.decode(data, path))
-        e = explain_pair(self.embedder.model, query, result)
+        e = self.run_model(explain_pair, self.embedder.model, query, result)
         return {"score": float(e.score), "shares": {b: float(v) for b, v in e.shares.items()},
                 "exact": {b: bool(v) for b, v in e.exact.items()}, "note": e.note,
                 "query_map": np.asarray(e.query_map, dtype=np.float64).round(8).tolist(),

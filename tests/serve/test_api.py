@@ -212,6 +212,64 @@ def test_a_failing_forward_pass_fails_only_its_requests():
     batcher.close()
 
 
+def test_calls_run_on_the_batcher_thread_between_forward_passes():
+    """MicroBatcher.call: the function runs on the batcher's thread (the service's one PyTorch thread),
+    its value or its error reaches the caller, and a call queued behind a batch does not break it."""
+
+    import torch
+
+    seen = []
+
+    def forward(images):
+        seen.append(("forward", threading.current_thread().name, len(images)))
+        return images.flatten(1).numpy()
+
+    def call(x):
+        seen.append(("call", threading.current_thread().name, x))
+        if x < 0:
+            raise ValueError("negative")
+        return 2 * x
+
+    batcher = MicroBatcher(forward, max_batch=4, max_wait_ms=300)
+    first = batcher.submit(torch.zeros(1, 1, 1, 1))  # opens a batch that waits 300 ms for more
+    called = batcher.call(call, 21)
+    second = batcher.submit(torch.ones(1, 1, 1, 1))
+    assert called.result(timeout=10) == 42
+    assert first.result(timeout=10).shape == second.result(timeout=10).shape == (1, 1)
+    with pytest.raises(ValueError, match="negative"):
+        batcher.call(call, -1).result(timeout=10)
+    batcher.close()
+    assert {name for _, name, _ in seen} == {"retrieval-batcher"}
+    forwards = [n for kind, _, n in seen if kind == "forward"]
+    assert forwards == [2] and seen.index(("call", "retrieval-batcher", 21)) == 1  # the call ran after the batch
+
+
+def test_the_service_runs_every_forward_pass_on_the_batcher_thread(client_for, index_dir, assets):
+    """Request threads decode and transform with Pillow and numpy; the network (search, add, explain,
+    attention) runs on the batcher's thread only, so one OpenMP team serves the process (serve/batcher.py)."""
+
+    import torch
+
+    client = client_for(index_dir)
+    service = client.app.state.service
+    threads = []
+    stem = next(m for m in service.embedder.model.modules() if isinstance(m, torch.nn.Conv2d))  # every pass starts here
+    handle = stem.register_forward_pre_hook(lambda module, args: threads.append(threading.current_thread().name))
+    try:
+        assert client.post("/search", files=upload(assets["paths"][1])).status_code == 200
+        assert client.post("/items", files=upload(assets["paths"][2])).status_code == 201
+        assert client.get("/items/5/explain", params={"query_item": 2}).status_code == 200
+        assert client.get("/items/3/attention").status_code == 200
+    finally:
+        handle.remove()
+    assert len(threads) >= 4 and set(threads) == {"retrieval-batcher"}
+    # the numpy transform is the checkpoint's torchvision test transform
+    picture = Image.open(assets["paths"][4]).convert("RGB")
+    expected = service.embedder.transform(picture)
+    torch.testing.assert_close(service.preprocess(picture), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(service.batch([picture, picture]), torch.stack([expected, expected]), atol=1e-6, rtol=0)
+
+
 def test_neighbours_work_once_faiss_torch_utils_is_imported(client_for, index_dir):
     import faiss.contrib.torch_utils  # noqa: F401  (pytorch-metric-learning imports it; it patches FAISS globally)
 
