@@ -116,17 +116,14 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def search_once(client: httpx.Client, url: str, data: bytes, rerank: str | None = None,
-                stages: list[dict[str, float]] | None = None) -> float:
-    """Seconds of one image → top-10 over HTTP; ``stages`` gets the server's Server-Timing (ms per stage)."""
+def search_once(client: httpx.Client, url: str, data: bytes, rerank: str | None = None) -> float:
+    """Seconds of one image → top-10 over HTTP (httpx)."""
     start = time.perf_counter()
     params = {"k": 10, **({"rerank": rerank} if rerank else {})}
     response = client.post(url + "/search", params=params, files=[("images", ("q", data, "application/octet-stream"))])
     elapsed = time.perf_counter() - start
     if response.status_code != 200 or len(response.json()["queries"][0]["results"]) != 10:
         raise RuntimeError(f"search failed: {response.status_code} {response.text[:200]}")
-    if stages is not None:
-        stages.append(parse_server_timing(response.headers.get("server-timing", "")))
     return elapsed
 
 

@@ -188,8 +188,7 @@ def _validate_model(m: ModelConfig) -> None:
 def _validate_data(d: DataConfig) -> None:
     if d.m_per_class < 1 or d.batch_size % d.m_per_class:
         raise ConfigError(f"data.batch_size: {d.batch_size} is not a multiple of data.m_per_class={d.m_per_class}")
-    low, high = (d.crop_scale + [0.0, 0.0])[:2]
-    if len(d.crop_scale) != 2 or not 0 < low <= high <= 1:
+    if len(d.crop_scale) != 2 or not 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1:
         raise ConfigError(f"data.crop_scale: expected [low, high] with 0 < low <= high <= 1 (fractions of the "
                           f"image's area), got {d.crop_scale}")
     if d.resize < d.image_size:

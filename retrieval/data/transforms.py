@@ -8,9 +8,15 @@ Test: resize to ``image_size``×``image_size``. Both resizes are square, as CGD'
 """
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
+import numpy as np
+from PIL import Image
 from torchvision import transforms as T
 
 from ..schema import DataConfig
+from .images import eval_array
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,3 +31,9 @@ def build_transforms(cfg: DataConfig, train: bool) -> T.Compose:
     else:
         steps = [T.Resize((cfg.image_size, cfg.image_size))]
     return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def build_eval_array(cfg: DataConfig) -> Callable[[Image.Image], np.ndarray]:
+    """``build_transforms(cfg, train=False)`` without PyTorch operators: PIL RGB image → (3, S, S)
+    float32 numpy (``images.eval_array``; equal within float32 rounding, tests/serve/test_api.py)."""
+    return functools.partial(eval_array, size=cfg.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)

@@ -37,13 +37,14 @@ class _Call:
     """A function to run on the batcher's thread (``MicroBatcher.call``)."""
     fn: Callable[..., Any]
     args: tuple
+    kwargs: dict
     future: Future
 
     def run(self) -> None:
         if not self.future.set_running_or_notify_cancel():
             return
         try:
-            self.future.set_result(self.fn(*self.args))
+            self.future.set_result(self.fn(*self.args, **self.kwargs))
         except Exception as err:  # noqa: BLE001 — the caller gets it; the thread goes on
             self.future.set_exception(err)
 
@@ -67,10 +68,10 @@ class MicroBatcher:
         self._queue.put((images, future))
         return future
 
-    def call(self, fn: Callable[..., Any], *args) -> Future:
-        """A future of ``fn(*args)``, run on the batcher's thread after the forward pass in progress."""
+    def call(self, fn: Callable[..., Any], *args, **kwargs) -> Future:
+        """A future of ``fn(*args, **kwargs)``, run on the batcher's thread after the forward pass in progress."""
         future: Future = Future()
-        self._queue.put(_Call(fn, args, future))
+        self._queue.put(_Call(fn, args, kwargs, future))
         return future
 
     def close(self) -> None:

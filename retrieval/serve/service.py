@@ -25,7 +25,6 @@ with the parameters the service started with: each other choice would redo the w
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import mimetypes
@@ -42,8 +41,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ..data import IMAGENET_MEAN, IMAGENET_STD, decode_image
-from ..data.images import eval_array
+from ..data import decode_image
+from ..data.transforms import build_eval_array
 from ..errors import ConfigError, IndexFormatError
 from ..files import atomic_write_bytes, writer_lock
 from ..embed import CheckpointEmbedder, open_embedder
@@ -108,6 +107,7 @@ class RetrievalService:
                 runtime=settings.runtime, compile=settings.compile)
             if settings.runtime != "torch" or settings.compile:
                 self.run_model(self._warm_up)  # export / compile now, not on a user's first request
+            self._array = build_eval_array(self.embedder.cfg.data)  # the test transform, no torch operators
             self._stamp: tuple | None = None
             self.gallery: Gallery = self._load()
         except BaseException:
@@ -142,7 +142,7 @@ class RetrievalService:
 
     def run_model(self, fn, *args, **kwargs):
         """``fn(*args, **kwargs)`` on the batcher's thread, where the service runs PyTorch (serve/batcher.py)."""
-        return self.batcher.call(functools.partial(fn, *args, **kwargs)).result()
+        return self.batcher.call(fn, *args, **kwargs).result()
 
     def preprocess(self, picture: Image.Image) -> torch.Tensor:
         """The checkpoint's test transform: (3, H, W) float32, computed without PyTorch operators, so
@@ -152,9 +152,6 @@ class RetrievalService:
     def batch(self, pictures: list[Image.Image]) -> torch.Tensor:
         """The pictures' test transforms stacked: (n, 3, H, W), without PyTorch operators."""
         return torch.from_numpy(np.stack([self._array(p) for p in pictures]))
-
-    def _array(self, picture: Image.Image) -> np.ndarray:
-        return eval_array(picture, int(self.embedder.cfg.data.image_size), IMAGENET_MEAN, IMAGENET_STD)
 
     def embed(self, pictures: list[Image.Image]) -> np.ndarray:
         """(n, D) embeddings of decoded pictures, through the micro-batcher."""
