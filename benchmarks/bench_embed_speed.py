@@ -12,6 +12,7 @@ too). Full size, about 1.5 minutes on 2 cores (2.5 with ``--plain-torchvision``)
 
     python -m benchmarks.bench_embed_speed --plain-torchvision
     python -m benchmarks.bench_embed_speed --compile --onnxruntime   # + torch.compile and ONNX Runtime rows
+    python -m benchmarks.bench_embed_speed --onnxruntime --int8       # + ONNX Runtime int8 (retrieval.quantize)
 
 The first (untimed) pass of each loop is reported apart ("first pass s"): for torch.compile it
 includes the compilation, for ONNX Runtime the export.
@@ -61,6 +62,10 @@ def _loops(model: torch.nn.Module, batches, device: torch.device, args) -> tuple
             copy.deepcopy(model), device, args.precision, channels_last=True, compile="inductor")
     if args.onnxruntime:
         loops["Embedder, ONNX Runtime (fp32)"] = Embedder(copy.deepcopy(model), device, "fp32", runtime="onnxruntime")
+    if args.int8:  # calibrated on the benchmark's own images, as a gallery job calibrates on its gallery
+        int8 = Embedder(copy.deepcopy(model), device, "fp32", runtime="onnxruntime-int8")
+        int8.calibrate_on(torch.utils.data.TensorDataset(*batches[0]))
+        loops["Embedder, ONNX Runtime int8"] = int8
     for name, loop in loops.items():
         if isinstance(loop, Embedder):
             loops[name] = (lambda e: lambda: torch.from_numpy(e.embed_loader(batches, progress=False)[0]))(loop)
@@ -138,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, default=1536, help="embedding size (CGD: 1536)")
     p.add_argument("--descriptors", default="SG")
     p.add_argument("--no-cbam", action="store_true")
+    p.add_argument("--int8", action="store_true",
+                   help="also time --runtime onnxruntime-int8 (calibrated on the first batch; the first pass "
+                        "includes the export and the quantisation)")
     p.add_argument("--plain-torchvision", action="store_true", help="also time torchvision's network (the reference)")
     p.add_argument("--compile", action="store_true", help="also time the Embedder with torch.compile (inductor)")
     p.add_argument("--onnxruntime", action="store_true", help="also time the Embedder with --runtime onnxruntime")

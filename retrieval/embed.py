@@ -25,7 +25,7 @@ from .errors import ConfigError, DataError, RetrievalError
 from .progress import progress as progress_bar
 from .runtime import autocast, resolve_precision
 from .execution import CompiledOrEager, OnnxNetwork, check_runtime
-from .schema import Config
+from .schema import ONNX_RUNTIMES, Config
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ class Embedder:
     once, here: the Embedder owns its placement (the training loop's model already has it).
     batch_size, workers: how ``embed_dataset`` / ``embed_table`` load images; transform: what
     ``embed_table`` applies to each decoded image (a checkpoint's test transform).
-    runtime: torch | onnxruntime (CPU, fp32); compile: a ``torch.compile`` backend name
+    runtime: torch | onnxruntime (CPU, fp32) | onnxruntime-int8 (CPU, int8, calibrated first with
+    ``calibrate_on`` on gallery images, ``retrieval.quantize``); compile: a ``torch.compile`` backend name
     ("inductor") or None (``retrieval.execution``; torch runtime only). cache_as: (checkpoint
     sha256, description) under which onnxruntime keeps its export (``retrieval.onnx_cache``).
     """
@@ -59,7 +60,7 @@ class Embedder:
                  cache_as: tuple[str, dict] | None = None):
         self.device = torch.device(device)
         check_runtime(runtime, self.device, precision)
-        if runtime == "onnxruntime" and compile:
+        if runtime in ONNX_RUNTIMES and compile:
             raise ConfigError("--compile applies to --runtime torch; ONNX Runtime optimises its own graph")
         self.runtime = runtime
         self.dtype = resolve_precision(precision, self.device, flag=flag) if runtime == "torch" else None
@@ -68,10 +69,25 @@ class Embedder:
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.batch_size, self.workers, self.transform = batch_size, workers, transform
         self._run = self.model
-        if runtime == "onnxruntime":
-            self._run = OnnxNetwork(self.model, cache_as=cache_as)
+        if runtime in ONNX_RUNTIMES:
+            self._run = OnnxNetwork(self.model, cache_as=cache_as, int8=runtime == "onnxruntime-int8")
         elif compile:
             self._run = CompiledOrEager(self.model, backend=compile, what="the embedding network")
+
+    def calibrate_on(self, dataset) -> None:
+        """Give ``--runtime onnxruntime-int8`` its calibration images: ``quantize.CALIBRATION_IMAGES`` spread
+        evenly over ``dataset`` (yielding (image tensor, label); the gallery to embed). A no-op for other runtimes."""
+        if self.runtime != "onnxruntime-int8":
+            return
+        from .quantize import calibration_positions
+
+        self._run.calibration = torch.stack([dataset[i][0] for i in calibration_positions(len(dataset))])
+
+    def calibrate_on_table(self, table: pd.DataFrame) -> None:
+        """``calibrate_on`` the images ``table["path"]`` lists, through ``transform``."""
+        from .data import PathsDataset
+
+        self.calibrate_on(PathsDataset(table["path"].tolist(), self.transform))
 
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)

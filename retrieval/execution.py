@@ -14,6 +14,10 @@ hold). Three ways:
   by ONNX Runtime's CPU provider, fp32. The export happens on the first call, for that call's
   image size. Only ``forward`` (embeddings) is exported: training and the explanation maps
   (gradients) stay on torch.
+- ``onnxruntime-int8``: the same export, quantised to int8 on calibration images from the
+  gallery (``retrieval.quantize``) before ONNX Runtime opens it. The caller hands the images
+  over first (``Embedder.calibrate_on``); quantised models are not cached (they belong to a
+  gallery, and quantising takes seconds).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError, RetrievalError
-from .schema import RUNTIMES
+from .schema import ONNX_RUNTIMES, RUNTIMES
 
 log = logging.getLogger(__name__)
 
@@ -73,43 +77,81 @@ class OnnxNetwork:
     """A network's embedding path run by ONNX Runtime: images (B, 3, H, W) → embeddings (B, D) float32.
 
     threads: ONNX Runtime's intra-op threads (default: torch's thread count, so both runtimes
-    use the same cores).
+    use the same cores). int8: quantise the export (``retrieval.quantize``) with the images set
+    in ``calibration`` (N, 3, H, W) before the first call.
     """
 
-    def __init__(self, model: nn.Module, threads: int | None = None, cache_as: tuple[str, dict] | None = None):
+    def __init__(self, model: nn.Module, threads: int | None = None, cache_as: tuple[str, dict] | None = None,
+                 int8: bool = False):
         try:
             import onnxruntime  # noqa: F401  (checked here: a missing runtime is the flag's error, at start-up)
         except ImportError:
-            raise ConfigError("--runtime onnxruntime needs onnxruntime (and onnxscript to export): "
+            raise ConfigError(f"--runtime {self._name(int8)} needs onnxruntime (and onnxscript to export): "
                               "pip install 'cbam-cgd-retrieval[export]'") from None
         self.model = model
         self.threads = threads or torch.get_num_threads()
         self.cache_as = cache_as
+        self.int8 = int8
+        self.calibration: Tensor | None = None
         self.sessions: dict[tuple[int, int], object] = {}
         self.seconds_exporting = 0.0
 
-    def _session(self, height: int, width: int):
+    @staticmethod
+    def _name(int8: bool) -> str:
+        return "onnxruntime-int8" if int8 else "onnxruntime"
+
+    def _fp32_model(self, height: int, try_cache: bool) -> bytes:
+        """The fp32 ONNX model for ``height`` px: the cached one where ``try_cache`` and it opens, else a new
+        export (then cached)."""
         from .models.export import export_onnx
+        from .onnx_cache import entry_for
+
+        entry = entry_for(self.cache_as[0], height) if self.cache_as else None
+        if try_cache and entry is not None and entry.open(self.threads) is not None:  # opens: not damaged
+            return entry.load()[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            data = export_onnx(self.model, Path(tmp) / "model.onnx", image_size=height).read_bytes()
+        if entry is not None:
+            entry.store(data, self.cache_as[1])
+        return data
+
+    def _session(self, height: int, width: int):
         from .onnx_cache import entry_for, onnx_session
 
         if height != width:
-            raise ConfigError(f"--runtime onnxruntime: the export takes square images, got {height}×{width}")
+            raise ConfigError(f"--runtime {self._name(self.int8)}: the export takes square images, got {height}×{width}")
+        if self.int8:
+            return self._int8_session(height)
         entry = entry_for(self.cache_as[0], height) if self.cache_as else None
         cached = entry.open(self.threads) if entry else None
         if cached is not None:
             log.info("opened the cached ONNX model %s in ONNX Runtime (%d threads)", entry.model_path, self.threads)
             return cached[0]
         start = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            path = export_onnx(self.model, Path(tmp) / "model.onnx", image_size=height)
-            data = path.read_bytes()
-        session = onnx_session(data, self.threads)
+        session = onnx_session(self._fp32_model(height, try_cache=False), self.threads)
         spent = time.perf_counter() - start
         self.seconds_exporting += spent
         log.info("exported the network to ONNX for %d px and opened it in ONNX Runtime (%d threads) in %.1f s",
                  height, self.threads, spent)
-        if entry is not None:
-            entry.store(data, self.cache_as[1])
+        return session
+
+    def _int8_session(self, height: int):
+        from .onnx_cache import onnx_session
+        from .quantize import quantize_int8
+
+        if self.calibration is None:
+            raise ConfigError("--runtime onnxruntime-int8: no calibration images were given before the first batch "
+                              "(Embedder.calibrate_on)")
+        if tuple(self.calibration.shape[2:]) != (height, height):
+            raise ConfigError(f"--runtime onnxruntime-int8: calibration images are "
+                              f"{tuple(self.calibration.shape[2:])} px, the images to embed {height}×{height}")
+        start = time.perf_counter()
+        calibration = self.calibration.detach().to("cpu", torch.float32).numpy()
+        session = onnx_session(quantize_int8(self._fp32_model(height, try_cache=True), calibration), self.threads)
+        spent = time.perf_counter() - start
+        self.seconds_exporting += spent
+        log.info("quantised the network to int8 for %d px on %d calibration images and opened it in ONNX Runtime "
+                 "(%d threads) in %.1f s", height, len(self.calibration), self.threads, spent)
         return session
 
     def __call__(self, images: Tensor) -> Tensor:
@@ -124,7 +166,8 @@ def check_runtime(runtime: str, device: torch.device, precision: str, flag: str 
     """A runtime this device and precision can use; else ConfigError naming the flag."""
     if runtime not in RUNTIMES:
         raise ConfigError(f"{flag}: '{runtime}' is not one of {', '.join(RUNTIMES)}")
-    if runtime == "onnxruntime" and device.type != "cpu":
-        raise ConfigError(f"{flag} onnxruntime runs on the CPU here; got device {device} (use --device cpu)")
-    if runtime == "onnxruntime" and precision not in ("auto", "fp32"):
-        raise ConfigError(f"--precision {precision}: {flag} onnxruntime runs fp32 (use --precision auto or fp32)")
+    if runtime in ONNX_RUNTIMES and device.type != "cpu":
+        raise ConfigError(f"{flag} {runtime} runs on the CPU here; got device {device} (use --device cpu)")
+    if runtime in ONNX_RUNTIMES and precision not in ("auto", "fp32"):
+        raise ConfigError(f"--precision {precision}: {flag} {runtime} sets its own precision "
+                          "(use --precision auto or fp32)")

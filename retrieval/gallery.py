@@ -44,6 +44,12 @@ class Gallery:
     def is_live(self, item_id: int) -> bool:
         return 0 <= item_id < self.index.ntotal and item_id not in self._removed
 
+    def live_metadata(self) -> pd.DataFrame:
+        """The metadata rows of the live entries, in id order."""
+        if not len(self.removed_ids):
+            return self.metadata
+        return self.metadata[~np.isin(np.arange(len(self.metadata)), self.removed_ids)]
+
     def check_model(self, embedder: CheckpointEmbedder) -> None:
         """IndexFormatError unless ``embedder``'s checkpoint built this index (dimension, sha256)."""
         check_compatible(self.manifest, self.folder, embedder.dim, embedder.sha256)

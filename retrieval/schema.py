@@ -14,7 +14,8 @@ from typing import Any
 # train.precision / --precision: auto = bf16 on CPUs with native bf16, AMP (bf16 or fp16) on CUDA.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # --runtime: what runs a checkpoint's network when it embeds (``retrieval.execution``).
-RUNTIMES = ("torch", "onnxruntime")
+RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8")
+ONNX_RUNTIMES = ("onnxruntime", "onnxruntime-int8")  # run by ONNX Runtime on the CPU (retrieval.execution)
 # data.train_crop: random = resize to resize×resize, random crop (CGD, Jun et al. 2019 §4.1);
 # resized = RandomResizedCrop to image_size over data.crop_scale of the area, aspect 3/4–4/3
 # (the metric-learning benchmarks' augmentation: Musgrave et al. 2020, "A Metric Learning Reality Check").

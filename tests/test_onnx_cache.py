@@ -81,7 +81,8 @@ def test_query_with_a_cached_model_answers_without_importing_torch(assets, tmp_p
 
     index_dir = tmp_path / "idx"
     assert build(["--checkpoint", str(assets["ckpt"]), "--out", str(index_dir), "--images", str(assets["gallery"]),
-                  "--folder-labels", "--workers", "0", "--quiet", "--runtime", "onnxruntime"]) == 0  # caches it
+                  "--folder-labels", "--workers", "0", "--quiet", "--runtime", "onnxruntime-int8"]) == 0
+    # the int8 gallery build exported the fp32 model (and cached it) before quantising it
     answer, imported = _query(assets, index_dir, "--runtime", "onnxruntime")
     assert not imported  # Pillow, numpy, FAISS and ONNX Runtime only
     torch_embedder = open_embedder(assets["ckpt"], "cpu", workers=0, precision="fp32")
@@ -90,3 +91,7 @@ def test_query_with_a_cached_model_answers_without_importing_torch(assets, tmp_p
     hits = answer[0]["results"]
     assert [h["gallery_id"] for h in hits] == ids[0].tolist()
     assert np.allclose([h["score"] for h in hits], scores[0], atol=1e-4)
+    # onnxruntime-int8 quantises the cached export on the gallery's images (retrieval-serve does the same)
+    answer, _ = _query(assets, index_dir, "--runtime", "onnxruntime-int8")
+    assert answer[0]["results"][0]["gallery_id"] == ids[0][0]
+    assert abs(answer[0]["results"][0]["score"] - scores[0][0]) < 0.02

@@ -257,6 +257,7 @@ def main(args: argparse.Namespace) -> int:
         check_factory(args.index_type, trained.model.embedding_dim, len(splits.get("test") or splits["gallery"]))
     embedder = Embedder(model, device, args.precision, batch_size=cfg.eval.batch_size, workers=cfg.data.num_workers,
                         runtime=args.runtime, compile=COMPILE_BACKEND if args.compile else None)
+    embedder.calibrate_on(splits.get("test") or splits["gallery"])  # onnxruntime-int8: on gallery images
     start = time.perf_counter()
     metrics, comparison, rerank = _evaluate(args, embedder, splits, cfg, spec)
     result = _result(args, cfg, trained, state, splits, time.perf_counter() - start, metrics, comparison, rerank)

@@ -253,6 +253,12 @@ def main(args: argparse.Namespace) -> int:
     if appending:
         _check_append_target(args, embedder)
     dataset, metadata, source = _gallery(args, embedder, table, info)
+    # --runtime onnxruntime-int8: the activation ranges come from the images being embedded (every
+    # rank of a torchrun job picks the same ones, so all shards are embedded by one int8 model)
+    if dataset is not None:
+        embedder.calibrate_on(dataset)
+    else:
+        embedder.calibrate_on_table(metadata)
     if info is not None:
         _run_distributed(args, embedder, dataset, metadata, source, info)
     else:

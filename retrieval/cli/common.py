@@ -45,8 +45,10 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="auto: bf16 on CPUs with native bf16, AMP on CUDA")
     parser.add_argument("--runtime", default="torch", choices=RUNTIMES,
-                        help="what runs the network: torch (default) or onnxruntime (CPU, fp32; the network is "
-                             "exported to ONNX on the first batch; needs the 'export' extra)")
+                        help="what runs the network: torch (default), onnxruntime (CPU, fp32; the network is "
+                             "exported to ONNX on the first batch; needs the 'export' extra) or onnxruntime-int8 "
+                             "(the same quantised to int8, calibrated on 64 images of the gallery; faster, "
+                             "slightly different embeddings: RESULTS.md has its Recall@1)")
     parser.add_argument("--compile", action="store_true",
                         help="torch runtime: torch.compile the network (tens of seconds of compilation on the first "
                              "batch, then faster; falls back to eager with a warning where compilation fails)")

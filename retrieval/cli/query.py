@@ -291,6 +291,8 @@ def main(args: argparse.Namespace) -> int:
     _apply_search_flags(args, gallery.manifest.get("factory", ""))
     embedder = _open_embedder(args)
     gallery.check_model(embedder)
+    if args.runtime == "onnxruntime-int8":  # the int8 ranges come from the gallery's images, as in retrieval-serve
+        embedder.calibrate_on_table(gallery.live_metadata())
     _check_decodable(queries["path"].tolist(), args.workers)
     access = gallery_access(gallery, args.nprobe, args.ef_search) if spec and spec.name != "none" else None
     embeddings = embedder.embed_table(queries, progress=not args.quiet)

@@ -70,7 +70,7 @@ class Settings:
     index: Path
     device: str = "auto"
     precision: str = "auto"
-    runtime: str = "torch"  # what runs the network: torch | onnxruntime (retrieval.execution)
+    runtime: str = "torch"  # what runs the network: torch | onnxruntime | onnxruntime-int8 (retrieval.execution)
     compile: bool = False  # torch.compile the network (torch runtime)
     max_batch: int = 32  # images per forward pass
     # 0: a forward pass takes every request already queued and starts at once, so a lone query waits
@@ -105,11 +105,13 @@ class RetrievalService:
             self.embedder: CheckpointEmbedder = self.run_model(
                 open_embedder, settings.checkpoint, settings.device, workers=0, precision=settings.precision,
                 runtime=settings.runtime, compile=settings.compile)
-            if settings.runtime != "torch" or settings.compile:
-                self.run_model(self._warm_up)  # export / compile now, not on a user's first request
             self._array = build_eval_array(self.embedder.cfg.data)  # the test transform, no torch operators
             self._stamp: tuple | None = None
             self.gallery: Gallery = self._load()
+            if settings.runtime == "onnxruntime-int8":  # int8 ranges from the gallery's images (retrieval.quantize)
+                self.run_model(self.embedder.calibrate_on_table, self.gallery.live_metadata())
+            if settings.runtime != "torch" or settings.compile:
+                self.run_model(self._warm_up)  # export / quantise / compile now, not on a user's first request
         except BaseException:
             self.batcher.close()
             raise

@@ -291,3 +291,21 @@ def test_search_through_onnxruntime_matches_torch(client_for, index_dir, assets,
         assert [r["id"] for r in ours["results"]] == [r["id"] for r in theirs["results"]]
         np.testing.assert_allclose([r["score"] for r in ours["results"]], [r["score"] for r in theirs["results"]],
                                    atol=1e-4)
+
+
+def test_int8_runtime_is_calibrated_on_the_gallery_at_start_up(client_for, index_dir, assets, caplog):
+    """--runtime onnxruntime-int8: quantised before the first request, on the index's own images."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    files = upload(assets["paths"][7], assets["paths"][2])
+    torch_client = client_for(index_dir)
+    torch_hits = torch_client.post("/search", params={"k": 3}, files=files).json()["queries"]
+    gallery = torch_client.get("/healthz").json()["count"]
+    with caplog.at_level("INFO", logger="retrieval.execution"):
+        int8_client = client_for(index_dir, runtime="onnxruntime-int8")
+    quantised = [r.getMessage() for r in caplog.records if "quantised the network to int8" in r.getMessage()]
+    assert len(quantised) == 1 and f"on {min(gallery, 64)} calibration images" in quantised[0], quantised
+    int8_hits = int8_client.post("/search", params={"k": 3}, files=files).json()["queries"]
+    for ours, theirs in zip(int8_hits, torch_hits):  # gallery images find themselves first, as with torch
+        assert ours["results"][0]["id"] == theirs["results"][0]["id"]
+        assert abs(ours["results"][0]["score"] - theirs["results"][0]["score"]) < 0.02
