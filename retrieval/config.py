@@ -179,9 +179,9 @@ def _validate_model(m: ModelConfig) -> None:
         check_lite(m.backbone, m.attention != "none", m.last_stride)
     if m.cbam_kernel % 2 == 0:
         raise ConfigError(f"model.cbam_kernel: must be odd (3 or 7 in CBAM), got {m.cbam_kernel}")
-    for key in ("metric_on", "classifier_on"):
+    for key in ("metric_on", "classifier_on", "embedding_bn_scale"):
         if getattr(m, key) != ModelConfig.__dataclass_fields__[key].default and not m.embedding_bn:
-            raise ConfigError(f"model.{key}: '{getattr(m, key)}' reads around the centring BN; it needs "
+            raise ConfigError(f"model.{key}: '{getattr(m, key)}' is about the centring BN; it needs "
                               "model.embedding_bn=true")
 
 

@@ -61,6 +61,7 @@ class ModelConfig:
     gem_learnable: bool = False  # learn the GeM exponent
     temperature: float = 0.5  # classifier logits divided by τ (CGD §3.3: 0.5)
     embedding_bn: bool = True  # centre each branch's projection (BN, shift fixed at 0) before its L2 norm; docs/training.md
+    embedding_bn_scale: bool = True  # the centring BN's learnable per-coordinate scale (false: centre and standardise only)
     metric_on: str = "embedding"  # what the metric loss sees: embedding (post-BN) | pre_bn (BNNeck, Luo et al. 2019 §3.6)
     classifier_on: str = "descriptor"  # classifier input: descriptor (first pooled one, CGD §3.3) | embedding (post-BN, BNNeck)
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from retrieval.embed import open_embedder
-from retrieval.onnx_cache import cache_dir, open_cached_embedder
+from retrieval.onnx_cache import cache_dir, entry_for, open_cached_embedder
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -50,9 +50,9 @@ def test_the_cached_model_embeds_like_pytorch(assets, queries):
 
 def test_a_damaged_cache_entry_is_a_miss_and_is_exported_again(assets, queries, caplog):
     embedder = open_embedder(assets["narrow"], "cpu", workers=0, runtime="onnxruntime")
-    embedder.embed_table(queries.iloc[:1], progress=False)
+    # an entry whose description is right and whose model file is damaged (one export in this test, not two)
+    entry_for(embedder.sha256, embedder.cfg.data.image_size).store(b"not an onnx model", embedder._run.cache_as[1])
     (model_file,) = cache_dir().glob(f"{embedder.sha256}-*px.onnx")
-    model_file.write_bytes(b"not an onnx model")
     assert open_cached_embedder(assets["narrow"]) is None  # a warning, not an error
     assert "could not be opened" in caplog.text
     again = open_embedder(assets["narrow"], "cpu", workers=0, runtime="onnxruntime")

@@ -17,7 +17,9 @@ zero before its L2 normalisation, as BNNeck does before the retrieval feature (L
 2019, "Bag of Tricks and a Strong Baseline for Deep Person Re-identification", §3.6): the
 batch mean (running mean at test time) of every coordinate is removed, so the embeddings
 spread over the sphere; the shift stays at zero so the loss cannot put the shared direction
-back, while the learnable scale keeps the coordinates' relative weights.
+back, while the learnable scale keeps the coordinates' relative weights (``bn_scale=False``:
+no scale, every coordinate standardised, the "running mean without the learnable scale" of
+issue #20).
 
 Where the losses read (``metric_on``, ``classifier_on``; docs/training.md §1b). CGD's own
 arrangement (§3.3) feeds the classifier the first pooled descriptor (BN → FC) and gives the
@@ -125,6 +127,7 @@ class CGDHead(nn.Module):
         embedding_bn: bool = False,
         metric_on: str = "embedding",
         classifier_on: str = "descriptor",
+        bn_scale: bool = True,
     ) -> None:
         super().__init__()
         descriptors = parse_descriptors(descriptors)
@@ -139,10 +142,12 @@ class CGDHead(nn.Module):
         self.pools = nn.ModuleList(GlobalDescriptor(k, gem_p, gem_learnable) for k in descriptors)
         self.fcs = nn.ModuleList(nn.Linear(in_channels, branch_dim, bias=False) for _ in descriptors)
         self.bns: nn.ModuleList | None = None
-        if embedding_bn:
+        if embedding_bn and bn_scale:
             self.bns = nn.ModuleList(nn.BatchNorm1d(branch_dim) for _ in descriptors)
             for bn in self.bns:
                 bn.bias.requires_grad_(False)  # shift fixed at 0: centred, see the module docstring
+        elif embedding_bn:  # centre and standardise each coordinate, nothing learnt (model.embedding_bn_scale)
+            self.bns = nn.ModuleList(nn.BatchNorm1d(branch_dim, affine=False) for _ in descriptors)
         self.classifier: nn.Sequential | None = None
         if num_classes and classifier_on == "descriptor":
             self.classifier = nn.Sequential(nn.BatchNorm1d(in_channels), nn.Linear(in_channels, num_classes, bias=False))

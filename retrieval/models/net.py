@@ -126,7 +126,7 @@ def build_model(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -
         load_pretrained(backbone, cfg.pretrained)
     head = CGDHead(backbone.out_channels, cfg.descriptors, cfg.embedding_dim, num_classes,
                    cfg.gem_p, cfg.gem_learnable, cfg.temperature, cfg.embedding_bn, cfg.metric_on,
-                   cfg.classifier_on)
+                   cfg.classifier_on, cfg.embedding_bn_scale)
     model = RetrievalNet(backbone, head)
     log.info("built %s%s + CGD '%s' → %d-d embeddings, %d classes, %.2fM parameters", cfg.backbone,
              f" + {cfg.attention.upper()} ({resolve_cbam_init(cfg)} init)" if cfg.attention != "none" else "",

@@ -120,6 +120,16 @@ def test_embedding_bn_centres_each_branch_before_its_l2_norm():
     assert all(not bn.bias.requires_grad and bn.weight.requires_grad for bn in head.bns)
 
 
+def test_embedding_bn_without_its_scale_standardises_each_coordinate():
+    feats = torch.rand(12, 16, 5, 4, generator=torch.Generator().manual_seed(4)) * 2
+    head = CGDHead(16, "SG", embedding_dim=8, embedding_bn=True, bn_scale=False)
+    assert not any(p.requires_grad for bn in head.bns for p in bn.parameters()) and not list(head.bns.parameters())
+    x = feats.double().numpy()
+    us = [p @ fc.weight.detach().double().numpy().T for p, fc in zip([x.mean(axis=(2, 3)), _gem_ref(x, 3.0)], head.fcs)]
+    ref = _l2(np.concatenate([_l2(_bn_ref(u, np.ones(u.shape[1]), u.mean(0), u.var(0))) for u in us], axis=1))
+    np.testing.assert_allclose(head.train()(feats).detach().numpy(), ref, atol=1e-5)
+
+
 def test_positive_features_make_a_cone_that_embedding_bn_removes():
     feats = torch.rand(64, 32, 4, 4, generator=torch.Generator().manual_seed(2)) * 2  # post-ReLU: all >= 0
     plain = CGDHead(32, "SG", embedding_dim=16)(feats)
@@ -157,5 +167,7 @@ def test_reading_around_the_bn_needs_the_bn():
 
     with pytest.raises(ConfigError, match="model.metric_on"):
         load_config(None, ["model.embedding_bn=false", "model.metric_on=pre_bn"])
+    with pytest.raises(ConfigError, match="model.embedding_bn_scale"):
+        load_config(None, ["model.embedding_bn=false", "model.embedding_bn_scale=false"])
     with pytest.raises(ConfigError, match="model.classifier_on"):
         load_config(None, ["model.classifier_on=posterior"])
