@@ -342,7 +342,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--precision", default="auto")
     p.add_argument("--runtime", default="torch", help="the server's --runtime (and the forward pass it is compared "
-                                                      "with): torch | onnxruntime")
+                                                      "with): torch | onnxruntime | onnxruntime-int8")
     p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment of the server process (repeatable), e.g. OMP_WAIT_POLICY=PASSIVE")
     p.add_argument("--rerank", help="also time searches with this re-ranking (NAME[:k=v,...]) against without")
@@ -373,6 +373,7 @@ def main(argv=None) -> int:
     checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint(work / "untrained.pt", args.backbone,
                                                                                   args.size, args.dim)
     embedder = open_embedder(checkpoint, "cpu", workers=0, precision=args.precision, runtime=args.runtime)
+    embedder.calibrate_on_table(table)  # onnxruntime-int8: the gallery's images, as the server calibrates
     build_gallery(embedder, embedder.embed_table(table), table, work / "index", source="bench_serve")
     queries = [p.read_bytes() for p in photos]  # not in the gallery when there are more photos than it holds
     dtype = embedder.dtype
