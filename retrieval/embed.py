@@ -81,7 +81,7 @@ class Embedder:
             return
         from .quantize import calibration_positions
 
-        self._run.calibration = torch.stack([dataset[i][0] for i in calibration_positions(len(dataset))])
+        self._run.calibrate(torch.stack([dataset[i][0] for i in calibration_positions(len(dataset))]))
 
     def calibrate_on_table(self, table: pd.DataFrame) -> None:
         """``calibrate_on`` the images ``table["path"]`` lists, through ``transform``."""

@@ -96,6 +96,11 @@ class OnnxNetwork:
         self.sessions: dict[tuple[int, int], object] = {}
         self.seconds_exporting = 0.0
 
+    def calibrate(self, images: Tensor) -> None:
+        """Set the int8 calibration images (N, 3, H, W); sessions quantised on earlier images are dropped."""
+        self.calibration = images
+        self.sessions.clear()
+
     @staticmethod
     def _name(int8: bool) -> str:
         return "onnxruntime-int8" if int8 else "onnxruntime"
